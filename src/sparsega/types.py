@@ -1,0 +1,212 @@
+"""Typed values passed between pipeline stages: :class:`PairPrediction` and :class:`AlignConfig`.
+
+Conventions used throughout the package:
+
+- pixel coordinates are ``(x, y) = (column, row)``, integer pixel centres;
+- pointmaps are ``(H, W, 3)`` float32 arrays in a camera frame (OpenCV: x right, y down, z forward);
+- ``cam2w`` is a ``(4, 4)`` camera-to-world matrix (OpenCV convention);
+- images are indexed ``0 .. N-1`` in the order the user gave them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from .errors import ConfigError, InputError
+
+CANONICAL_MODES = ("avg-angle", "avg-reldepth")
+KINEMATIC_MODES = (
+    "mst",
+    "hclust-ward",
+    "hclust-single",
+    "hclust-complete",
+    "hclust-average",
+    "hclust-weighted",
+    "hclust-centroid",
+    "hclust-median",
+)
+LR_SCHEDULES = ("cosine", "linear")
+DTYPES = ("float32", "float64")
+OPTIMIZERS = ("adam",)
+
+
+@dataclass
+class PairPrediction:
+    """Symmetric network prediction for one image pair ``(i, j)`` plus its matches.
+
+    Naming follows MASt3R: ``ptsAB`` is the pointmap of image A expressed in the camera frame of the first image of
+    the decoding direction that produced it; so ``pts11``/``pts21`` come from the pass (i, j) and are in i's frame,
+    ``pts22``/``pts12`` come from the pass (j, i) and are in j's frame.
+
+    Attributes:
+        i, j: image indices (i != j, except for a single image paired with itself).
+        pts11: (H1, W1, 3) float32, image i in frame i.     conf11: (H1, W1) float32 >= 1.
+        pts21: (H2, W2, 3) float32, image j in frame i.     conf21: (H2, W2) float32 >= 1.
+        pts22: (H2, W2, 3) float32, image j in frame j.     conf22: (H2, W2) float32 >= 1.
+        pts12: (H1, W1, 3) float32, image i in frame j.     conf12: (H1, W1) float32 >= 1.
+        xy1: (M, 2) int64 matched pixels (x, y) in image i.  xy2: (M, 2) int64 in image j.
+        match_conf: (M,) float32 match confidences (> 0).
+        score: (geometric mean of the four mean confidences, sum of match confidences, M) as the reference's
+            pair score; the kinematic tree uses the match count.
+    """
+
+    i: int
+    j: int
+    pts11: np.ndarray
+    conf11: np.ndarray
+    pts21: np.ndarray
+    conf21: np.ndarray
+    pts22: np.ndarray
+    conf22: np.ndarray
+    pts12: np.ndarray
+    conf12: np.ndarray
+    xy1: np.ndarray
+    xy2: np.ndarray
+    match_conf: np.ndarray
+    score: tuple[float, float, int] | None = None
+
+    @property
+    def shape1(self) -> tuple[int, int]:
+        """(H1, W1) of image i."""
+        return tuple(self.conf11.shape[:2])  # type: ignore[return-value]
+
+    @property
+    def shape2(self) -> tuple[int, int]:
+        """(H2, W2) of image j."""
+        return tuple(self.conf22.shape[:2])  # type: ignore[return-value]
+
+    @property
+    def n_matches(self) -> int:
+        return int(len(self.match_conf))
+
+    def swapped(self) -> "PairPrediction":
+        """The same prediction seen as pair (j, i)."""
+        return PairPrediction(
+            i=self.j, j=self.i,
+            pts11=self.pts22, conf11=self.conf22, pts21=self.pts12, conf21=self.conf12,
+            pts22=self.pts11, conf22=self.conf11, pts12=self.pts21, conf12=self.conf21,
+            xy1=self.xy2, xy2=self.xy1, match_conf=self.match_conf, score=self.score,
+        )
+
+    def validate(self) -> None:
+        """Check shapes and dtypes; raise :class:`InputError` naming the pair and the field otherwise."""
+        name = f"pair ({self.i}, {self.j})"
+        h1, w1 = self.conf11.shape[:2] if self.conf11.ndim == 2 else (-1, -1)
+        h2, w2 = self.conf22.shape[:2] if self.conf22.ndim == 2 else (-1, -1)
+        expect = {
+            "pts11": (h1, w1, 3), "conf11": (h1, w1), "pts12": (h1, w1, 3), "conf12": (h1, w1),
+            "pts21": (h2, w2, 3), "conf21": (h2, w2), "pts22": (h2, w2, 3), "conf22": (h2, w2),
+        }
+        for key, shape in expect.items():
+            arr = getattr(self, key)
+            if not isinstance(arr, np.ndarray) or arr.shape != shape:
+                got = getattr(arr, "shape", type(arr).__name__)
+                raise InputError(f"{name}: {key} has shape {got}, expected {shape}")
+        m = len(self.match_conf)
+        for key in ("xy1", "xy2"):
+            arr = getattr(self, key)
+            if not isinstance(arr, np.ndarray) or arr.shape != (m, 2):
+                got = getattr(arr, "shape", type(arr).__name__)
+                raise InputError(f"{name}: {key} has shape {got}, expected ({m}, 2)")
+        if m:
+            for key, (h, w) in (("xy1", (h1, w1)), ("xy2", (h2, w2))):
+                xy = getattr(self, key)
+                if xy.min() < 0 or (xy[:, 0] >= w).any() or (xy[:, 1] >= h).any():
+                    raise InputError(f"{name}: {key} has pixels outside the {w}x{h} image")
+
+
+@dataclass(frozen=True)
+class AlignConfig:
+    """Every hyper-parameter of the sparse global alignment. Defaults are the reference's.
+
+    Field names are a public contract (``align(preds, niter1=100)``). Use :meth:`replace` to override by name: an
+    unknown name is a :class:`ConfigError` naming it.
+    """
+
+    subsample: int = 8
+    matching_conf_thr: float = 5.0
+    canonical_mode: str = "avg-angle"
+    kinematic_mode: str = "hclust-ward"
+    lr1: float = 0.07
+    niter1: int = 300
+    loss_gamma1: float = 1.5
+    lr2: float = 0.01
+    niter2: int = 300
+    loss_gamma2: float = 0.5
+    fallback_gamma: float = 1.1
+    fallback_weight: float = 0.01
+    lr_schedule: str = "cosine"
+    lr_end: float = 0.0
+    shared_intrinsics: bool = False
+    opt_pp: bool = True
+    opt_depth: bool = True
+    clean_depth: bool = True
+    device: str = "cpu"
+    dtype: str = "float32"
+    optimizer: str = "adam"
+    # known cameras (see sparsega.align): None = "True when given"
+    fix_intrinsics: bool | None = None
+    fix_poses: bool | None = None
+    pose_prior_weight: float = 10.0
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        def bad(name: str, why: str) -> ConfigError:
+            return ConfigError(f"{name}={getattr(self, name)!r}: {why}")
+
+        for name in ("niter1", "niter2"):
+            v = getattr(self, name)
+            if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < 0:
+                raise bad(name, "must be an integer >= 0")
+        if not isinstance(self.subsample, (int, np.integer)) or self.subsample <= 0 or 16 % self.subsample:
+            raise bad("subsample", "must be a positive integer dividing 16 (1, 2, 4, 8 or 16)")
+        for name in ("lr1", "lr2"):
+            v = getattr(self, name)
+            if not np.isfinite(v) or v <= 0:
+                raise bad(name, "must be a finite number > 0")
+        for name in ("loss_gamma1", "loss_gamma2", "fallback_gamma"):
+            v = getattr(self, name)
+            if not np.isfinite(v) or v <= 0:
+                raise bad(name, "must be a finite number > 0")
+        for name in ("fallback_weight", "lr_end", "pose_prior_weight"):
+            v = getattr(self, name)
+            if not np.isfinite(v) or v < 0:
+                raise bad(name, "must be a finite number >= 0")
+        if not np.isfinite(self.matching_conf_thr):
+            raise bad("matching_conf_thr", "must be finite")
+        choices: dict[str, tuple[str, ...]] = {
+            "canonical_mode": CANONICAL_MODES,
+            "kinematic_mode": KINEMATIC_MODES,
+            "lr_schedule": LR_SCHEDULES,
+            "dtype": DTYPES,
+            "optimizer": OPTIMIZERS,
+        }
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise bad(name, f"must be one of {', '.join(allowed)}")
+        if not (self.device == "cpu" or str(self.device).startswith("cuda")):
+            raise bad("device", "must be 'cpu' or 'cuda[:k]'")
+
+    def replace(self, **overrides: Any) -> "AlignConfig":
+        """A copy with some fields changed; unknown names raise :class:`ConfigError`."""
+        names = {f.name for f in dataclasses.fields(self)}
+        unknown = sorted(set(overrides) - names)
+        if unknown:
+            raise ConfigError(f"unknown alignment option(s): {', '.join(unknown)}")
+        return dataclasses.replace(self, **overrides)
+
+    @property
+    def torch_dtype(self) -> Any:
+        import torch
+
+        return {"float32": torch.float32, "float64": torch.float64}[self.dtype]
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+__all__ = ["PairPrediction", "AlignConfig"]
