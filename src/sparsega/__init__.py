@@ -23,8 +23,8 @@ __version__ = "0.1.0"
 logging.getLogger(__name__).addHandler(logging.NullHandler())
 
 _LAZY = {
-    "align": ("sparsega.align", "align"),
-    "reconstruct": ("sparsega.reconstruct", "reconstruct"),
+    "align": ("sparsega.alignment", "align"),
+    "reconstruct": ("sparsega.pipeline", "reconstruct"),
     "load_checkpoint": ("sparsega.model", "load_checkpoint"),
     "Scene": ("sparsega.scene", "Scene"),
 }

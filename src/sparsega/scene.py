@@ -1,0 +1,215 @@
+"""The result of an alignment: cameras, intrinsics, dense depth maps, points, colours, confidences.
+
+A :class:`Scene` holds plain numpy arrays (float32) in the network's pixel frame; ``net_to_orig`` maps those pixel
+coordinates back to the original photos for exports. ``save``/``load`` round-trip exactly through an ``.npz``
+without pickle and a JSON side file, written atomically.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import InputError
+
+SCENE_FORMAT = 1
+
+
+def unproject_depth(depth: np.ndarray, K: np.ndarray, cam2w: np.ndarray) -> np.ndarray:
+    """World points of every pixel. ``depth (H, W)``, ``K (3, 3)``, ``cam2w (4, 4)`` -> ``(H, W, 3)`` float32."""
+    h, w = depth.shape
+    x, y = np.meshgrid(np.arange(w, dtype=np.float64), np.arange(h, dtype=np.float64))
+    cam = np.stack(((x - K[0, 2]) / K[0, 0], (y - K[1, 2]) / K[1, 1], np.ones_like(x)), -1) * depth[..., None]
+    return (cam @ cam2w[:3, :3].T.astype(np.float64) + cam2w[:3, 3]).astype(np.float32)
+
+
+def clean_confidences(confs: list[np.ndarray], intrinsics: np.ndarray, cam2w: np.ndarray,
+                      depthmaps: list[np.ndarray], pairs: np.ndarray, tol: float = 0.001,
+                      bad_conf: float = 0.0) -> list[np.ndarray]:
+    """Lower the confidence of points seen IN FRONT of another view's surface (as the reference's
+    clean_pointcloud): a pixel of view i whose 3D point projects into view j closer than j's depth there by more
+    than ``tol`` (relative), while being less confident than j's pixel, gets ``bad_conf``.
+
+    Only the view pairs in ``pairs (P, 2)`` (both directions) are compared: the scene graph's neighbours are the
+    views that overlap, and comparing all N^2 pairs does not scale.
+    """
+    out = [c.astype(np.float32, copy=True) for c in confs]
+    w2c = np.linalg.inv(cam2w.astype(np.float64))
+    pts = [unproject_depth(d, K, c2w).reshape(-1, 3).astype(np.float64)
+           for d, K, c2w in zip(depthmaps, intrinsics, cam2w)]
+    done = set()
+    for a, b in np.asarray(pairs, dtype=np.int64).reshape(-1, 2):
+        for i, j in ((a, b), (b, a)):
+            if i == j or (i, j) in done:
+                continue
+            done.add((i, j))
+            cam = pts[i] @ w2c[j, :3, :3].T + w2c[j, :3, 3]
+            z = cam[:, 2]
+            with np.errstate(divide="ignore", invalid="ignore"):
+                u = np.round(cam[:, 0] / z * intrinsics[j, 0, 0] + intrinsics[j, 0, 2])
+                v = np.round(cam[:, 1] / z * intrinsics[j, 1, 1] + intrinsics[j, 1, 2])
+            hj, wj = depthmaps[j].shape
+            vis = (z > 0) & (u >= 0) & (u < wj) & (v >= 0) & (v < hj)
+            idx = np.flatnonzero(vis)
+            uu, vv = u[idx].astype(np.int64), v[idx].astype(np.int64)
+            ci = confs[i].reshape(-1)
+            bad = (z[idx] < (1 - tol) * depthmaps[j][vv, uu]) & (ci[idx] < confs[j][vv, uu])
+            flat = out[i].reshape(-1)
+            flat[idx[bad]] = np.minimum(flat[idx[bad]], bad_conf)
+    return out
+
+
+@dataclass
+class Scene:
+    """An aligned multi-view reconstruction.
+
+    Attributes:
+        cam2w: (N, 4, 4) float32 camera-to-world (OpenCV).
+        intrinsics: (N, 3, 3) float32 pinhole matrices in network pixels.
+        depthmaps: N arrays (H_i, W_i) float32, z-depth per pixel.
+        confidences: N arrays (H_i, W_i) float32 (canonical confidence, cleaned: 0 = rejected).
+        images: N arrays (H_i, W_i, 3) uint8 network-sized colours (grey when unknown).
+        image_paths: N strings (may be synthetic names like ``view_000``).
+        sparse_xy: N arrays (M_i, 2) int64 matched pixels (x, y) used by the optimiser.
+        net_to_orig: (N, 3, 3) float64 affine map from network pixels to original image pixels.
+        info: JSON-serialisable run record (config, timings, losses, counts).
+    """
+
+    cam2w: np.ndarray
+    intrinsics: np.ndarray
+    depthmaps: list[np.ndarray]
+    confidences: list[np.ndarray]
+    images: list[np.ndarray]
+    image_paths: list[str]
+    sparse_xy: list[np.ndarray] = field(default_factory=list)
+    net_to_orig: np.ndarray | None = None
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.net_to_orig is None:
+            self.net_to_orig = np.tile(np.eye(3), (len(self.cam2w), 1, 1))
+        if not self.sparse_xy:
+            self.sparse_xy = [np.zeros((0, 2), np.int64) for _ in range(len(self.cam2w))]
+
+    # -- views ------------------------------------------------------------------------------------------------
+    @property
+    def n_images(self) -> int:
+        return int(len(self.cam2w))
+
+    @property
+    def focals(self) -> np.ndarray:
+        """(N,) focal lengths in network pixels."""
+        return self.intrinsics[:, 0, 0].copy()
+
+    @property
+    def principal_points(self) -> np.ndarray:
+        """(N, 2) principal points in network pixels."""
+        return self.intrinsics[:, :2, 2].copy()
+
+    @property
+    def shapes(self) -> list[tuple[int, int]]:
+        """(H, W) of each view."""
+        return [tuple(d.shape) for d in self.depthmaps]  # type: ignore[misc]
+
+    def pts3d(self, dense: bool = True) -> list[np.ndarray]:
+        """World points: dense ``(H, W, 3)`` per view, or sparse ``(M_i, 3)`` at ``sparse_xy``."""
+        out = []
+        for i in range(self.n_images):
+            pts = unproject_depth(self.depthmaps[i], self.intrinsics[i], self.cam2w[i])
+            if not dense:
+                xy = self.sparse_xy[i]
+                pts = pts[xy[:, 1], xy[:, 0]]
+            out.append(pts)
+        return out
+
+    def colors(self, dense: bool = True) -> list[np.ndarray]:
+        """Colours matching :meth:`pts3d`: ``(H, W, 3)`` or ``(M_i, 3)`` uint8."""
+        if dense:
+            return [im for im in self.images]
+        return [im[xy[:, 1], xy[:, 0]] for im, xy in zip(self.images, self.sparse_xy)]
+
+    def masks(self, min_conf: float = 1.0) -> list[np.ndarray]:
+        """Per-view boolean masks of trusted pixels (confidence > min_conf and finite depth)."""
+        return [(c > min_conf) & np.isfinite(d) & (d > 0) for c, d in zip(self.confidences, self.depthmaps)]
+
+    def point_cloud(self, min_conf: float = 1.0, dense: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Flattened ``(points (P,3) float32, colours (P,3) uint8, confidences (P,) float32)``."""
+        pts, cols, confs = [], [], []
+        if dense:
+            for p, c, cf, m in zip(self.pts3d(True), self.colors(True), self.confidences, self.masks(min_conf)):
+                pts.append(p[m]), cols.append(c[m]), confs.append(cf[m])
+        else:
+            for p, c, cf, xy in zip(self.pts3d(False), self.colors(False), self.confidences, self.sparse_xy):
+                pts.append(p), cols.append(c), confs.append(cf[xy[:, 1], xy[:, 0]])
+        if not pts:
+            return np.zeros((0, 3), np.float32), np.zeros((0, 3), np.uint8), np.zeros(0, np.float32)
+        return np.concatenate(pts), np.concatenate(cols), np.concatenate(confs)
+
+    # -- persistence ------------------------------------------------------------------------------------------
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write ``path/scene.npz`` + ``path/scene.json`` atomically (a temp folder renamed into place)."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+        try:
+            arrays: dict[str, np.ndarray] = {
+                "cam2w": self.cam2w, "intrinsics": self.intrinsics, "net_to_orig": np.asarray(self.net_to_orig),
+            }
+            for i in range(self.n_images):
+                arrays[f"depth_{i}"] = self.depthmaps[i]
+                arrays[f"conf_{i}"] = self.confidences[i]
+                arrays[f"image_{i}"] = self.images[i]
+                arrays[f"sparse_xy_{i}"] = self.sparse_xy[i]
+            np.savez(tmp / "scene.npz", **arrays)
+            meta = {"format": SCENE_FORMAT, "n_images": self.n_images, "image_paths": list(self.image_paths),
+                    "info": self.info}
+            (tmp / "scene.json").write_text(json.dumps(meta, indent=1, default=_json_default))
+            if path.exists():
+                shutil.rmtree(path)
+            os.replace(tmp, path)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "Scene":
+        """Read a folder written by :meth:`save`."""
+        path = Path(path)
+        try:
+            meta = json.loads((path / "scene.json").read_text())
+            data = np.load(path / "scene.npz", allow_pickle=False)
+        except FileNotFoundError as e:
+            raise InputError(f"{path}: not a saved scene (missing {Path(e.filename).name})") from None
+        except (ValueError, OSError) as e:
+            raise InputError(f"{path}: corrupt saved scene ({e})") from None
+        if meta.get("format") != SCENE_FORMAT:
+            raise InputError(f"{path}: unsupported scene format {meta.get('format')!r}")
+        n = int(meta["n_images"])
+        with data:
+            return cls(
+                cam2w=data["cam2w"], intrinsics=data["intrinsics"],
+                depthmaps=[data[f"depth_{i}"] for i in range(n)],
+                confidences=[data[f"conf_{i}"] for i in range(n)],
+                images=[data[f"image_{i}"] for i in range(n)],
+                image_paths=list(meta["image_paths"]),
+                sparse_xy=[data[f"sparse_xy_{i}"] for i in range(n)],
+                net_to_orig=data["net_to_orig"], info=meta.get("info", {}),
+            )
+
+
+def _json_default(o: Any) -> Any:
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
