@@ -158,7 +158,8 @@ def estimate_focal(
         ``(...)`` focal lengths, same dtype and device as ``pts3d`` (a 0-d tensor for one pointmap).
     """
     if not isinstance(pts3d, torch.Tensor) or pts3d.ndim < 3 or pts3d.shape[-1] != 3:
-        raise InputError(f"estimate_focal: pts3d must be a (..., H, W, 3) tensor, got {getattr(pts3d, 'shape', None)}")
+        got = getattr(pts3d, "shape", None)
+        raise InputError(f"estimate_focal: pts3d must be a (..., H, W, 3) tensor, got {got}")
     if not pts3d.is_floating_point():
         raise InputError(f"estimate_focal: pts3d must be floating point, got {pts3d.dtype}")
     if isinstance(niter, bool) or not isinstance(niter, int) or niter < 0:
@@ -247,7 +248,8 @@ def anchor_depth_offsets(
     """
     s = _check_subsample(subsample)
     if not isinstance(canon2, torch.Tensor) or canon2.ndim != 2 or not canon2.is_floating_point():
-        raise InputError(f"anchor_depth_offsets: canon2 must be a floating (H, W) tensor, got {getattr(canon2, 'shape', None)}")
+        got = getattr(canon2, "shape", None)
+        raise InputError(f"anchor_depth_offsets: canon2 must be a floating (H, W) tensor, got {got}")
     pixels = torch.as_tensor(pixels, device=canon2.device)
     if pixels.ndim != 2 or pixels.shape[1] != 2:
         raise InputError(f"anchor_depth_offsets: pixels must be (M, 2) (x, y), got {tuple(pixels.shape)}")
@@ -275,7 +277,8 @@ def dense_anchor_depth_offsets(
     Returns pixels ``(H*W, 2)`` int64 ``(x, y)``, core_idx ``(H*W,)`` int64 and offsets ``(H*W,)``.
     """
     if not isinstance(canon2, torch.Tensor) or canon2.ndim != 2:
-        raise InputError(f"dense_anchor_depth_offsets: canon2 must be an (H, W) tensor, got {getattr(canon2, 'shape', None)}")
+        got = getattr(canon2, "shape", None)
+        raise InputError(f"dense_anchor_depth_offsets: canon2 must be an (H, W) tensor, got {got}")
     H, W = canon2.shape
     ys, xs = torch.meshgrid(
         torch.arange(H, device=canon2.device), torch.arange(W, device=canon2.device), indexing="ij"

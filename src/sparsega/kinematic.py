@@ -55,7 +55,13 @@ class KinematicTree:
     edges: np.ndarray
 
     def __post_init__(self) -> None:
-        edges = np.array(self.edges, dtype=np.int64).reshape(-1, 2) if np.size(self.edges) else np.zeros((0, 2), np.int64)
+        raw = np.asarray(self.edges)
+        if raw.size == 0:
+            edges = np.zeros((0, 2), np.int64)
+        elif raw.ndim == 2 and raw.shape[1] == 2 and np.issubdtype(raw.dtype, np.integer):
+            edges = raw.astype(np.int64)  # always a private copy
+        else:
+            raise InputError(f"KinematicTree: edges must be an (N-1, 2) integer array, got {raw.dtype} {raw.shape}")
         n = len(edges) + 1
         root = int(self.root)
         if not 0 <= root < n:
