@@ -200,7 +200,6 @@ def config_from_constructor(text: str) -> tuple[NetConfig, dict[str, Any]]:
         desc_conf_mode=desc_conf_mode,
         **ints,
     )
-    kw["model_class"] = cls
     return config, kw
 
 
@@ -333,7 +332,7 @@ def load_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> MAS
     net.eval()
     net = net.to(device)
     net._identity = hashlib.blake2b(
-        (repr(sorted(kw.items())) + _file_digest(path)).encode(), digest_size=8
+        (config.model_class + repr(sorted(kw.items())) + _file_digest(path)).encode(), digest_size=8
     ).hexdigest()
     log.info("loaded %s (%s, %s head, identity %s)", path.name, config.model_class, config.head_type, net.identity)
     return net

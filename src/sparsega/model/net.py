@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -51,7 +51,6 @@ class NetConfig:
     desc_mode: str = "norm"
     two_confs: bool = False
     desc_conf_mode: tuple[str, float, float] | None = None
-    extra: tuple[tuple[str, Any], ...] = field(default=(), compare=False)
 
     @property
     def desc_dim(self) -> int | None:
@@ -149,7 +148,7 @@ class MASt3RNet(nn.Module):
         """Short hex digest of architecture + weights; stable key for caches of this network's outputs."""
         if self._identity is None:
             h = hashlib.blake2b(digest_size=8)
-            h.update(repr(sorted(self.arch.items()) or self.config).encode())
+            h.update((self.config.model_class + repr(sorted(self.arch.items()) or self.config)).encode())
             for name, tensor in self.state_dict().items():
                 h.update(name.encode())
                 h.update(tensor.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
