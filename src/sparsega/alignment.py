@@ -144,10 +144,12 @@ def build_problem(predictions: Sequence[PairPrediction], config: AlignConfig, n_
         sides_xy.append(np.stack((p.xy1[valid], p.xy2[valid])))
         confs.append(conf[valid])
         pair_of.append(np.full(valid.sum(), k))
-    m_img = np.concatenate(sides_img, axis=1).astype(np.int64)
-    m_xy = np.concatenate(sides_xy, axis=1).astype(np.int64)
-    m_conf = np.concatenate(confs)
     m_pair = np.concatenate(pair_of).astype(np.int64)
+    order = np.argsort(~pair_ok[m_pair], kind="stable")  # trusted matches first (the losses use a slice)
+    m_pair = m_pair[order]
+    m_img = np.concatenate(sides_img, axis=1).astype(np.int64)[:, order]
+    m_xy = np.concatenate(sides_xy, axis=1).astype(np.int64)[:, order]
+    m_conf = np.concatenate(confs)[order]
     m_anchor = np.zeros_like(m_img)
     m_off = np.zeros(m_img.shape, dtype=np.float32)
 
@@ -301,18 +303,24 @@ def align(predictions: Sequence[PairPrediction], config: AlignConfig | None = No
     n = problem.n_images
     t_prep = time.perf_counter() - t0
 
-    setup = None
+    setup, world_scale, fixed_poses = None, 1.0, {}
     if known_intrinsics is not None or known_poses is not None:
-        from .known import make_setup
+        from .known import make_setup, validate_poses
 
-        setup, cfg = make_setup(problem, cfg, known_intrinsics, known_poses)
+        setup, cfg, world_scale = make_setup(problem, cfg, known_intrinsics, known_poses)
+        if cfg.fix_poses:
+            fixed_poses = validate_poses(known_poses, n)
 
     state = optimize(problem, cfg, setup)
     t_opt = time.perf_counter() - t0 - t_prep
 
-    depths = densify(state, problem, cdata, cfg.subsample)
+    depths = [d * np.float32(world_scale) for d in densify(state, problem, cdata, cfg.subsample)]
     K = state.intrinsics.detach().cpu().numpy().astype(np.float32)
-    cam2w = state.cam2w.detach().cpu().numpy().astype(np.float32)
+    cam2w_d = state.cam2w.detach().cpu().double().numpy()
+    cam2w_d[:, :3, 3] *= world_scale
+    for k, pose in fixed_poses.items():  # hard constraints: exactly the input (no round-off from the chain)
+        cam2w_d[k] = pose
+    cam2w = cam2w_d.astype(np.float32)
     confs = [c.confs for c in cdata]
     if cfg.clean_depth and n > 1:
         confs = clean_confidences(confs, K, cam2w, depths, np.asarray(stats["pairs"]))
@@ -339,6 +347,7 @@ def align(predictions: Sequence[PairPrediction], config: AlignConfig | None = No
 
     info = {
         "config": cfg.to_dict(),
+        "world_scale": world_scale,
         "stats": {k: v for k, v in stats.items() if k not in ("pairs",)},
         "timings_s": {"prepare": t_prep, "optimize": t_opt, "total": time.perf_counter() - t0,
                       **{st.name: st.wall_s for st in state.stages}},

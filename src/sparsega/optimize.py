@@ -27,7 +27,7 @@ import logging
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 import roma
@@ -100,10 +100,15 @@ def project(rot_w2c: Tensor, trans_w2c: Tensor, focal: Tensor, pp: Tensor, pts: 
     return (uv * focal.unsqueeze(-1) + pp).clamp(-1000, 2000)
 
 
-def tree_levels(n: int, root: int, edges: np.ndarray) -> tuple[list[np.ndarray], list[np.ndarray], np.ndarray]:
-    """Group tree nodes by depth. Returns ``(nodes_per_level, parent_pos_per_level, inverse)`` where
-    ``parent_pos_per_level[l][k]`` is the position of node ``nodes_per_level[l][k]``'s parent inside level ``l-1``
-    and ``inverse`` maps node index -> position in the concatenation of all levels."""
+def tree_levels(n: int, root: int | Sequence[int], edges: np.ndarray
+                ) -> tuple[list[np.ndarray], list[np.ndarray], np.ndarray]:
+    """Group the nodes of a tree (or a forest with several roots) by depth.
+
+    Returns ``(nodes_per_level, parent_pos_per_level, inverse)`` where ``parent_pos_per_level[l][k]`` is the
+    position of node ``nodes_per_level[l][k]``'s parent inside level ``l-1`` and ``inverse`` maps node index ->
+    position in the concatenation of all levels. ``edges (E, 2)`` are (parent, child), parents listed first.
+    """
+    roots = sorted({int(root)} if np.isscalar(root) else {int(r) for r in root})
     parent = np.full(n, -1, dtype=np.int64)
     depth = np.zeros(n, dtype=np.int64)
     for p, c in edges:  # BFS order: parents come first
@@ -117,8 +122,8 @@ def tree_levels(n: int, root: int, edges: np.ndarray) -> tuple[list[np.ndarray],
         pos[nodes] = np.arange(len(nodes))
         levels.append(nodes)
         parent_pos.append(pos[parent[nodes]] if lvl else np.zeros(0, dtype=np.int64))
-    if n and (len(levels[0]) != 1 or levels[0][0] != root):
-        raise ValueError("kinematic tree is not a spanning tree rooted at its root")
+    if n and sorted(levels[0].tolist()) != roots:
+        raise ValueError("kinematic tree is not a spanning forest of the given roots")
     inverse = np.empty(n, dtype=np.int64)
     inverse[np.concatenate(levels)] = np.arange(n)
     return levels, parent_pos, inverse
@@ -154,7 +159,8 @@ class AlignProblem:
         anchor_img: (A,) image of each anchor.  anchor_xy: (A, 2) anchor pixel (x, y).
         m_img: (2, M) images of both sides of each match.  m_xy: (2, M, 2) pixels.  m_anchor: (2, M) global anchor
             index.  m_off: (2, M) canonical depth ratio to the anchor.  m_conf: (M,) confidence.
-            m_ok: (M,) True where the pair's matching is trusted (max confidence > threshold).
+            m_ok: (M,) True where the pair's matching is trusted (max confidence > threshold); trusted matches
+            come first (the losses use the leading slice).
         fb_anchor: (F,) anchors regressed by the fallback.  fb_ref: (F,) image whose camera frame the target is in.
             fb_target: (F, 3) target point in that frame.  fb_conf: (F,) weight.
         root, edges: kinematic tree (edges (N-1, 2) (parent, child) in BFS order).
@@ -227,6 +233,10 @@ class SparseAligner:
         dev, dt = problem.core_depth.device, problem.core_depth.dtype
         n = problem.n_images
         self.levels, self.parent_pos, self.inverse = tree_levels(n, problem.root, problem.edges)
+        ok = problem.m_ok.cpu().numpy()
+        self.n_ok = int(ok.sum())
+        if not ok[: self.n_ok].all():
+            raise ValueError("AlignProblem matches must be sorted with trusted (m_ok) matches first")
 
         diags = problem.imsizes.to(dt).norm(dim=1)
         self.min_focals, self.max_focals = 0.25 * diags, 10 * diags
@@ -246,9 +256,75 @@ class SparseAligner:
             self.pps = pps_norm.clone()
             self.log_focals = problem.base_focals.log().clone()
 
-        # gradient masks for known cameras (1 = free); set by the known-cameras layer
-        self.pose_grad_mask: Tensor | None = None
+        # known cameras (see sparsega.known): intrinsics gradient mask (1 = free), fixed poses, pose priors
         self.intr_grad_mask: Tensor | None = None
+        self.fixed_mask: Tensor | None = None
+        self.fixed_R: Tensor | None = None
+        self.fixed_C: Tensor | None = None
+        self.prior: tuple[Tensor, Tensor, Tensor, float, float] | None = None
+
+    def install_known_poses(self, R: Tensor, C: Tensor, mask: Tensor, hard: bool, weight: float) -> None:
+        """Constrain cameras ``mask (N,)`` to rotations ``R (N,3,3)`` and centres ``C (N,3)`` (internal units).
+
+        ``hard``: known cameras become roots of the kinematic forest and their chain pose is derived from (R, C)
+        every iteration, so they never move. Otherwise the chain is initialised by inverting it onto (R, C) and a
+        prior ``weight * (angle^2 + |dC|^2 / L^2)`` is added to the loss (L = spread of the known centres).
+        """
+        p = self.p
+        n = p.n_images
+        known = mask.cpu().numpy()
+        if hard:
+            edges = p.edges[~known[p.edges[:, 1]]] if len(p.edges) else p.edges
+            roots = sorted({p.root} | set(np.flatnonzero(known).tolist()))
+            self.levels, self.parent_pos, self.inverse = tree_levels(n, roots, edges)
+            self.fixed_mask, self.fixed_R, self.fixed_C = mask, R, C
+            # unknown cameras start at their parent's pose (identity relative), as the reference
+            with torch.no_grad():
+                self.quats[:] = torch.tensor([0.0, 0, 0, 1], dtype=self.quats.dtype)
+                self.trans[:] = 0
+            return
+        with torch.no_grad():
+            focals, pps_n, z_cams = self.focals(), self.pps.expand(n, 2), None
+            sizes = self.log_sizes.exp()
+            g = 1 / sizes.min()
+            z_cams = sizes * p.median_depths * focals / p.base_focals
+            off = self._focal_plane_offset(z_cams, focals, pps_n)
+            T = C / g + (R @ off.unsqueeze(-1)).squeeze(-1)
+            chain = torch.eye(4, dtype=R.dtype, device=R.device).repeat(n, 1, 1)
+            parent = np.full(n, -1)
+            for a, b in p.edges:
+                parent[b] = a
+            for lvl in self.levels:  # absolute chain: known -> given; unknown -> parent's
+                for k in lvl.tolist():
+                    if known[k]:
+                        chain[k, :3, :3], chain[k, :3, 3] = R[k], T[k]
+                    elif parent[k] >= 0:
+                        chain[k] = chain[parent[k]]
+            rel = chain.clone()
+            has_parent = parent >= 0
+            idx = torch.as_tensor(np.flatnonzero(has_parent), device=R.device)
+            if len(idx):
+                par = torch.as_tensor(parent[has_parent], device=R.device)
+                rel[idx] = torch.linalg.inv(chain[par]) @ chain[idx]
+            self.quats[:] = roma.rotmat_to_unitquat(rel[:, :3, :3])
+            self.trans[:] = rel[:, :3, 3]
+        spread = float((C[mask] - C[mask].mean(0)).norm(dim=1).max()) if int(mask.sum()) > 1 else 1.0
+        self.prior = (mask, R, C, weight, max(spread, 1e-9))
+
+    def _focal_plane_offset(self, z_cams: Tensor, focals: Tensor, pps_n: Tensor) -> Tensor:
+        """(N, 3) vector from the camera centre to its focal-plane point, in camera axes."""
+        ones = torch.ones_like(z_cams).unsqueeze(1)
+        return z_cams.unsqueeze(1) * torch.cat(
+            (self.p.imsizes.to(focals.dtype) / focals.unsqueeze(1) * (0.5 - pps_n), ones), dim=1)
+
+    def prior_loss(self, cam2w: Tensor) -> Tensor:
+        """Soft pose prior (0 when none is installed)."""
+        if self.prior is None:
+            return cam2w.new_zeros(())
+        mask, R, C, w, spread = self.prior
+        rot_err = roma.rotmat_geodesic_distance(cam2w[mask, :3, :3], R[mask])
+        tr_err = (cam2w[mask, :3, 3] - C[mask]).norm(dim=1) / spread
+        return w * (rot_err.square().mean() + tr_err.square().mean())
 
     # -- model -----------------------------------------------------------------------------------------------
     def focals(self) -> Tensor:
@@ -272,12 +348,14 @@ class SparseAligner:
         rel[:, :3, :3] = roma.unitquat_to_rotmat(torch.nn.functional.normalize(self.quats, dim=1))
         rel[:, :3, 3] = self.trans
         rel[:, 3, 3] = 1
+        trans_offset = self._focal_plane_offset(z_cams, focals, pps_n)
+        if self.fixed_mask is not None:  # known cameras are roots whose chain pose derives from (R, C)
+            m = self.fixed_mask
+            rel = rel.clone()
+            rel[m, :3, :3] = self.fixed_R[m]
+            rel[m, :3, 3] = self.fixed_C[m] / gscale + (self.fixed_R[m] @ trans_offset[m].unsqueeze(-1)).squeeze(-1)
         chain = compose_chain(rel, self.levels, self.parent_pos, self.inverse)
         rot = chain[:, :3, :3]
-        ones = torch.ones_like(z_cams).unsqueeze(1)
-        trans_offset = z_cams.unsqueeze(1) * torch.cat(
-            (p.imsizes.to(focals.dtype) / focals.unsqueeze(1) * (0.5 - pps_n), ones), dim=1
-        )
         new_t = gscale * (chain[:, :3, 3] - (rot @ trans_offset.unsqueeze(-1)).squeeze(-1))
         cam2w = torch.zeros_like(chain)
         cam2w[:, :3, :3] = rot
@@ -288,51 +366,80 @@ class SparseAligner:
         anchor_depth = gscale * (z_cams[img] + (self.core_depth - 1) * (p.median_depths[img] * sizes[img]))
         return focals, pps_n * p.imsizes.to(focals.dtype), cam2w, anchor_depth, z_cams
 
-    def match_points(self, focals: Tensor, pps: Tensor, cam2w: Tensor, anchor_depth: Tensor) -> Tensor:
-        """World points of both sides of every match: ``(2, M, 3)``."""
-        p = self.p
-        img = p.m_img
-        f = focals[img]
-        off = 1 + (p.m_off - 1) * (p.base_focals[img] / f)
-        depth = anchor_depth[p.m_anchor] * off
-        cam = backproject(p.m_xy, depth, f, pps[img])
-        return transform(cam2w[img, :3, :3], cam2w[img, :3, 3], cam)
+    # Per-image quantities are packed into one (N, 17) table gathered once per match side: rows are
+    # [R (9, row-major), t (3), f, ppx, ppy, f0 / f, 1], so each iteration is one index_select per side
+    # and elementwise arithmetic (no per-match 3x3 matmuls).
+    def camera_table(self, focals: Tensor, pps: Tensor, cam2w: Tensor) -> Tensor:
+        """(N, 17) packed camera parameters (see above)."""
+        n = focals.shape[0]
+        return torch.cat((cam2w[:, :3, :3].reshape(n, 9), cam2w[:, :3, 3], focals[:, None], pps,
+                          (self.p.base_focals / focals)[:, None], torch.ones_like(focals)[:, None]), dim=1)
 
-    def anchor_points(self, focals: Tensor, pps: Tensor, cam2w: Tensor, anchor_depth: Tensor, idx: Tensor) -> Tensor:
-        """World points of anchors ``idx (K,)`` -> ``(K, 3)``."""
-        img = self.p.anchor_img[idx]
-        cam = backproject(self.p.anchor_xy[idx], anchor_depth[idx], focals[img], pps[img])
-        return transform(cam2w[img, :3, :3], cam2w[img, :3, 3], cam)
+    @staticmethod
+    def _gather(table: Tensor, idx: Tensor) -> tuple[Tensor, ...]:
+        """Columns of ``table`` at rows ``idx`` (any shape), as a tuple of tensors shaped like ``idx``."""
+        rows = torch.index_select(table, 0, idx.reshape(-1))
+        return tuple(c.view(idx.shape) for c in rows.unbind(-1))
+
+    @staticmethod
+    def _to_world(cam: tuple[Tensor, ...], xy: Tensor, depth: Tensor) -> Tensor:
+        """World points ``(..., 3)`` of pixels ``xy (..., 2)`` at ``depth (...)`` for gathered cameras ``cam``."""
+        r = cam
+        cz = depth
+        cx = (xy[..., 0] - r[13]) / r[12] * cz
+        cy = (xy[..., 1] - r[14]) / r[12] * cz
+        return torch.stack((r[0] * cx + r[1] * cy + r[2] * cz + r[9],
+                            r[3] * cx + r[4] * cy + r[5] * cz + r[10],
+                            r[6] * cx + r[7] * cy + r[8] * cz + r[11]), dim=-1)
+
+    @staticmethod
+    def _to_pixels(cam: tuple[Tensor, ...], pts: Tensor) -> Tensor:
+        """Pixels ``(..., 2)`` of world points ``pts (..., 3)`` in gathered cameras (reference clipping)."""
+        r = cam
+        dx, dy, dz = (pts[..., 0] - r[9]), (pts[..., 1] - r[10]), (pts[..., 2] - r[11])
+        x = r[0] * dx + r[3] * dy + r[6] * dz
+        y = r[1] * dx + r[4] * dy + r[7] * dz
+        z = (r[2] * dx + r[5] * dy + r[8] * dz).clamp(min=1e-3)
+        return torch.stack((r[12] * x / z + r[13], r[12] * y / z + r[14]), dim=-1).clamp(-1000, 2000)
+
+    def match_points(self, table: Tensor, anchor_depth: Tensor, k: int) -> tuple[Tensor, tuple[Tensor, ...]]:
+        """World points ``(2, k, 3)`` of both sides of the first ``k`` matches, and their gathered cameras."""
+        p = self.p
+        cam = self._gather(table, p.m_img[:, :k])
+        depth = torch.index_select(anchor_depth, 0, p.m_anchor[:, :k].reshape(-1)).view(2, k)
+        depth = depth * (1 + (p.m_off[:, :k] - 1) * cam[15])
+        return self._to_world(cam, p.m_xy[:, :k], depth), cam
+
+    def anchor_points(self, table: Tensor, anchor_depth: Tensor, idx: Tensor) -> Tensor:
+        """World points of anchors ``idx (K,)`` -> ``(K, 3)`` (anchors have canonical offset 1)."""
+        cam = self._gather(table, self.p.anchor_img[idx])
+        return self._to_world(cam, self.p.anchor_xy[idx], anchor_depth[idx])
 
     # -- losses ----------------------------------------------------------------------------------------------
-    def loss_3d(self, pts: Tensor, ok: Tensor, conf: Tensor, pix_loss: Callable) -> Tensor:
-        if not bool(ok.any()):
+    def loss_3d(self, pts: Tensor, conf: Tensor, pix_loss: Callable) -> Tensor:
+        """Confidence-weighted robust distance between the two 3D points of each match."""
+        if conf.numel() == 0:
             return pts.new_zeros(())
-        c = conf[ok]
-        return (c * pix_loss(pts[0, ok], pts[1, ok])).sum() / c.sum()
+        return (conf * pix_loss(pts[0], pts[1])).sum() / conf.sum()
 
-    def loss_2d(self, pts: Tensor, focals: Tensor, pps: Tensor, cam2w: Tensor, ok: Tensor, conf: Tensor,
-                pix_loss: Callable) -> Tensor:
-        if not bool(ok.any()):
+    def loss_2d(self, pts: Tensor, cam: tuple[Tensor, ...], xy: Tensor, conf: Tensor, pix_loss: Callable) -> Tensor:
+        """Confidence-weighted robust reprojection error of each side's point into the other image, both ways."""
+        if conf.numel() == 0:
             return pts.new_zeros(())
-        p = self.p
-        rot_w2c = cam2w[:, :3, :3].transpose(1, 2)
-        t_w2c = -(rot_w2c @ cam2w[:, :3, 3:4]).squeeze(-1)
-        img = p.m_img[:, ok]  # (2, K)
-        other = pts[:, ok].flip(0)  # side s is reprojected the point of the other side
-        uv = project(rot_w2c[img], t_w2c[img], focals[img], pps[img], other)
-        c = conf[ok]
-        err = pix_loss(p.m_xy[:, ok], uv)  # (2, K)
-        return (c * err).sum() / (2 * c.sum())
+        uv = self._to_pixels(cam, pts.flip(0))
+        return (conf * pix_loss(xy, uv)).sum() / (2 * conf.sum())
 
-    def loss_fallback(self, focals: Tensor, pps: Tensor, cam2w: Tensor, anchor_depth: Tensor,
-                      pix_loss: Callable) -> Tensor:
+    def loss_fallback(self, table: Tensor, anchor_depth: Tensor, pix_loss: Callable) -> Tensor:
+        """Regression of anchors onto the other view's pointmap prediction (pairs with untrusted matches)."""
         p = self.p
         if p.fb_conf.numel() == 0:
-            return focals.new_zeros(())
-        pts = self.anchor_points(focals, pps, cam2w, anchor_depth, p.fb_anchor)
-        ref = p.fb_ref
-        tgt = transform(cam2w[ref, :3, :3], cam2w[ref, :3, 3], p.fb_target)
+            return table.new_zeros(())
+        pts = self.anchor_points(table, anchor_depth, p.fb_anchor)
+        r = self._gather(table, p.fb_ref)
+        t = p.fb_target
+        tgt = torch.stack((r[0] * t[:, 0] + r[1] * t[:, 1] + r[2] * t[:, 2] + r[9],
+                           r[3] * t[:, 0] + r[4] * t[:, 1] + r[5] * t[:, 2] + r[10],
+                           r[6] * t[:, 0] + r[7] * t[:, 1] + r[8] * t[:, 2] + r[11]), dim=-1)
         return (p.fb_conf * pix_loss(pts, tgt)).sum() / p.fb_conf.sum()
 
     # -- optimisation ----------------------------------------------------------------------------------------
@@ -356,11 +463,12 @@ class SparseAligner:
             pix_loss, name = gamma_loss(cfg.loss_gamma2), "stage 2 (2D)"
         if self.intr_grad_mask is not None and not bool(self.intr_grad_mask.any()):
             names = [k for k in names if k not in ("log_focals", "pps")]
-        if self.pose_grad_mask is not None and not bool(self.pose_grad_mask.any()) and stage == 1:
-            names = [k for k in names if k not in ("quats", "trans", "log_sizes")]
+        if self.fixed_mask is not None and bool(self.fixed_mask.all()):
+            names = [k for k in names if k not in ("quats", "trans")]
         fb_loss = gamma_loss(cfg.fallback_gamma)
         schedule = SCHEDULES[cfg.lr_schedule]
-        ok, conf = p.m_ok, p.m_conf
+        k_ok = self.n_ok
+        conf, xy_ok = p.m_conf[:k_ok], p.m_xy[:, :k_ok]
 
         params = [self._params()[k] for k in names]
         for t in params:
@@ -383,14 +491,17 @@ class SparseAligner:
                     g["lr"] = lr
                 opt.zero_grad(set_to_none=True)
                 focals, pps, cam2w, anchor_depth, _ = self.cameras()
-                pts = self.match_points(focals, pps, cam2w, anchor_depth)
+                table = self.camera_table(focals, pps, cam2w)
+                pts, cam = self.match_points(table, anchor_depth, k_ok)
                 if stage == 1:
-                    loss = self.loss_3d(pts, ok, conf, pix_loss)
+                    loss = self.loss_3d(pts, conf, pix_loss)
                 else:
-                    loss = self.loss_2d(pts, focals, pps, cam2w, ok, conf, pix_loss)
+                    loss = self.loss_2d(pts, cam, xy_ok, conf, pix_loss)
                 if cfg.fallback_weight:
-                    loss = loss + cfg.fallback_weight * self.loss_fallback(focals, pps, cam2w, anchor_depth, fb_loss)
-                lval = float(loss)
+                    loss = loss + cfg.fallback_weight * self.loss_fallback(table, anchor_depth, fb_loss)
+                if self.prior is not None:
+                    loss = loss + self.prior_loss(cam2w)
+                lval = float(loss.detach())
                 if not math.isfinite(lval):
                     stopped = True
                     break
@@ -428,9 +539,7 @@ class SparseAligner:
         out: list[Tensor | None] = []
         for k in names:
             m: Tensor | None = None
-            if k in ("quats", "trans", "log_sizes") and self.pose_grad_mask is not None:
-                m = self.pose_grad_mask
-            elif k in ("log_focals", "pps") and self.intr_grad_mask is not None and not self.cfg.shared_intrinsics:
+            if k in ("log_focals", "pps") and self.intr_grad_mask is not None and not self.cfg.shared_intrinsics:
                 m = self.intr_grad_mask
             if m is not None:
                 shape = self._params()[k].shape
