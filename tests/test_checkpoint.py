@@ -12,7 +12,7 @@ import pytest
 import torch
 from conftest import GOLDEN
 
-from sparsega.errors import CheckpointError
+from sparsega.errors import CheckpointError, ConfigError
 from sparsega.model import MASt3RNet, build_net, config_from_constructor, load_checkpoint, parse_constructor
 from sparsega.model.checkpoint import load_state_dict_strict
 
@@ -250,3 +250,8 @@ def test_dpt_aliases_filled_from_either_name() -> None:
     del state["downstream_head1.dpt.scratch.layer2_rn.weight"]
     with pytest.raises(CheckpointError, match="missing key.*layer2_rn"):
         load_state_dict_strict(build_net(text, device="meta"), state, "dedup")
+
+
+def test_invalid_device_is_a_config_error(small_file: Path) -> None:
+    with pytest.raises(ConfigError, match="cpux"):
+        load_checkpoint(small_file, device="cpux")

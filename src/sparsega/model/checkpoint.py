@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from ..errors import CheckpointError
+from ..errors import CheckpointError, ConfigError
 from .net import DUST3R_CLASS, MASTER_CLASS, MASt3RNet, NetConfig
 
 log = logging.getLogger(__name__)
@@ -319,6 +319,10 @@ def load_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> MAS
 
     Raises CheckpointError (one line, naming the file) for anything that is not a usable checkpoint.
     """
+    try:
+        target = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise ConfigError(f"invalid device {device!r}: {_one_line(exc)}") from None
     path = Path(path)
     state, text = read_checkpoint(path)
     try:
@@ -330,7 +334,7 @@ def load_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> MAS
     load_state_dict_strict(net, state, str(path))
     net.requires_grad_(False)
     net.eval()
-    net = net.to(device)
+    net = net.to(target)
     net._identity = hashlib.blake2b(
         (config.model_class + repr(sorted(kw.items())) + _file_digest(path)).encode(), digest_size=8
     ).hexdigest()

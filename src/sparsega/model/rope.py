@@ -29,18 +29,16 @@ class RoPE2D(nn.Module):
     def extra_repr(self) -> str:
         return f"base={self.base:g}"
 
-    def _cos_sin(
-        self, half_dim: int, n_pos: int, device: torch.device, dtype: torch.dtype
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Tables ``(n_pos, half_dim)`` of cos/sin of ``pos * inv_freq`` duplicated as ``[a, a]``.
+    def _cos_sin(self, idx: torch.Tensor, half_dim: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos/sin of ``idx * inv_freq`` duplicated as ``[a, a]``: (B, 1, N, half_dim) each.
 
-        Angles are computed in float32 (like the reference) and then cast to ``dtype``.
+        Angles are formed in float32 (as the reference's tables) and then cast to ``dtype``; computing them
+        from the positions directly avoids a device sync for the table size.
         """
-        exponent = torch.arange(0, half_dim, 2, device=device, dtype=torch.float32) / half_dim
+        exponent = torch.arange(0, half_dim, 2, device=idx.device, dtype=torch.float32) / half_dim
         inv_freq = 1.0 / (self.base**exponent)
-        t = torch.arange(n_pos, device=device, dtype=torch.float32) * self.f0
-        angles = torch.outer(t, inv_freq).to(dtype)
-        angles = torch.cat((angles, angles), dim=-1)
+        angles = (idx.to(torch.float32) * self.f0)[..., None] * inv_freq
+        angles = torch.cat((angles, angles), dim=-1).to(dtype)[:, None]
         return angles.cos(), angles.sin()
 
     def forward(self, tokens: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
@@ -48,13 +46,9 @@ class RoPE2D(nn.Module):
         hd = tokens.shape[-1]
         if hd % 4 != 0:
             raise ValueError(f"RoPE2D needs a head width divisible by 4, got {hd}")
-        half = hd // 2
-        n_pos = int(pos.max().item()) + 1 if pos.numel() else 1
-        cos, sin = self._cos_sin(half, n_pos, tokens.device, tokens.dtype)
         rows, cols = tokens.chunk(2, dim=-1)
         out = []
         for part, idx in ((rows, pos[..., 0]), (cols, pos[..., 1])):
-            c = cos[idx][:, None]  # (B, 1, N, half)
-            s = sin[idx][:, None]
-            out.append(part * c + _rotate_half(part) * s)
+            cos, sin = self._cos_sin(idx, hd // 2, tokens.dtype)
+            out.append(part * cos + _rotate_half(part) * sin)
         return torch.cat(out, dim=-1)
