@@ -22,7 +22,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Sequence
 
 import numpy as np
@@ -100,10 +100,10 @@ class SceneSpec:
             if not (np.isfinite(v) and v > 0):
                 raise ConfigError(f"{name}={v!r}: must be a finite number > 0")
         if self.radius < 2.2 or self.radius > 6.0:
-            raise ConfigError(f"radius={self.radius!r}: must be in [2.2, 6] (cameras outside the objects, inside the room)")
+            raise ConfigError(f"radius={self.radius!r}: must be in [2.2, 6] (cameras between the objects and the walls)")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Geometry:
     """Analytic scene: a closed axis-aligned room, spheres and yaw-rotated boxes (metres, z up).
 
@@ -129,7 +129,7 @@ class Geometry:
         return centres, radii
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class SyntheticScene:
     """A rendered ground-truth scene.
 
@@ -679,9 +679,10 @@ class SimConfig:
             raise bad("match_keep", "must be in (0, 1]")
         if not isinstance(self.subsample, (int, np.integer)) or self.subsample < 1:
             raise bad("subsample", "must be an integer >= 1")
-        if self.min_matches < 0 or not 0 <= self.poor_matches[0] <= self.poor_matches[1]:
-            raise bad("poor_matches", "need 0 <= low <= high") if self.min_matches >= 0 else bad(
-                "min_matches", "must be >= 0")
+        if self.min_matches < 0:
+            raise bad("min_matches", "must be >= 0")
+        if not 0 <= self.poor_matches[0] <= self.poor_matches[1]:
+            raise bad("poor_matches", "need 0 <= low <= high")
         if not 1 <= self.poor_conf_max <= 5:
             raise bad("poor_conf_max", "must be in [1, 5]")
 
@@ -913,3 +914,9 @@ def simulate_predictions(scene: SyntheticScene, pairs: np.ndarray | Sequence[Seq
     log.debug("simulating %d pairs over %d views", len(todo), len(cache))
     bank = _NoiseBank(seed, 3 * max(h * w for h, w in scene.shapes))
     return [_simulate_pair(scene, cache, a, b, sim, seed, bank) for a, b in todo]
+
+
+__all__ = [
+    "KINDS", "SceneSpec", "Geometry", "SyntheticScene", "SimConfig", "base_focal", "look_at", "make_scene",
+    "scene_from_spec", "render_scene", "simulate_predictions",
+]
