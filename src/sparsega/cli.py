@@ -280,7 +280,7 @@ def load_ground_truth(path: str | os.PathLike) -> dict[str, dict[str, Any]]:
             m = np.eye(4)
             m[:3, :4] = img.cam_from_world().matrix()
             cam = rec.cameras[img.camera_id]
-            out[img.name] = {"cam2w": np.linalg.inv(m), "focal": float(cam.mean_focal_length())}
+            out[img.name] = {"cam2w": np.linalg.inv(m), "focal": float(cam.focal_length_x)}
         return out
     try:
         data = json.loads(p.read_text())
@@ -495,14 +495,14 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
 
 def cmd_align_cache(args: argparse.Namespace) -> int:
     """naver MASt3R cache folder + the images -> output folder."""
-    from .alignment import align
-    from .images import collect_image_paths, load_images
-    from .interop import read_mast3r_cache
-
     cfg, _ = align_config(args)
     cache = Path(args.cache_dir)
     if not cache.is_dir():
         raise InputError(f"{cache}: cache folder not found")
+    from .alignment import align
+    from .images import collect_image_paths, load_images
+    from .interop import read_mast3r_cache
+
     paths = list(args.images)
     if len(paths) == 1 and os.path.isdir(paths[0]):
         paths = collect_image_paths(paths)

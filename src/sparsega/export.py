@@ -89,7 +89,7 @@ def colorize_depth(depth: np.ndarray, valid: np.ndarray | None = None) -> np.nda
     if not ok.any():
         return out
     lo, hi = np.percentile(d[ok], [2.0, 98.0])
-    t = np.clip((d - lo) / max(hi - lo, 1e-12), 0.0, 1.0)
+    t = np.where(ok, np.clip((d - lo) / max(hi - lo, 1e-12), 0.0, 1.0), 0.0)
     pos = t * (len(_CMAP_ANCHORS) - 1)
     k = np.minimum(pos.astype(np.int64), len(_CMAP_ANCHORS) - 2)
     frac = (pos - k)[..., None]
