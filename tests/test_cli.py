@@ -215,3 +215,38 @@ def test_version_and_help():
     assert res.returncode == 0 and res.stdout.startswith("sparsega ")
     res = run("demo", "--help")
     assert res.returncode == 0 and "--n-views" in res.stdout and "--scene-graph" in res.stdout
+
+
+def test_align_cache_maps_back_to_original_pixels(tmp_path):
+    """naver cache of simulated predictions for 128x96 network images whose files are 256x192: the outputs are in
+    the files' pixels (COLMAP size and focals x2) and eval against the true cameras passes."""
+    from PIL import Image
+
+    from sparsega import synthetic
+    from sparsega.interop import write_mast3r_cache
+    from sparsega.pairs import make_pairs
+
+    gt = synthetic.make_scene("orbit", n_views=4, height=96, width=128, seed=3)
+    paths = []
+    for k, im in enumerate(gt.images):
+        p = tmp_path / f"im{k}.png"
+        Image.fromarray(np.asarray(im)).resize((256, 192), Image.NEAREST).save(p)
+        paths.append(str(p))
+    preds = synthetic.simulate_predictions(gt, make_pairs(4, "complete"), seed=3)
+    write_mast3r_cache(tmp_path / "cache", paths, preds)
+    gt_json = tmp_path / "gt.json"
+    gt_json.write_text(json.dumps({"extent": float(gt.extent), "images": [
+        {"name": f"im{k}.png", "cam2w": np.asarray(gt.cam2w[k]).tolist(),
+         "K": (np.diag([2.0, 2.0, 1.0]) @ np.asarray(gt.intrinsics[k])).tolist()} for k in range(4)]}))
+    out = tmp_path / "out"
+    res = run("align-cache", str(tmp_path / "cache"), "--images", *paths, "--image-size", "128", "-o", str(out),
+              "--niter1", "100", "--niter2", "100", "--gt", str(gt_json), "--quiet", "--json")
+    assert res.returncode == 0, res.stderr
+    m = json.loads(res.stdout)["metrics"]
+    assert m["rra15"] >= 0.8 and m["focal_err_med"] < 0.1 and m["ate_rel"] < 0.1
+    cams = json.loads((out / "cameras.json").read_text())["images"]
+    assert all((c["width"], c["height"]) == (256, 192) and c["network_size"] == [128, 96] for c in cams)
+    for c in cams:
+        K, Kn = np.asarray(c["K"]), np.asarray(c["K_network"])
+        np.testing.assert_allclose(K[0, 0], 2 * Kn[0, 0], rtol=1e-12)
+        np.testing.assert_allclose(K[0, 2], 2 * Kn[0, 2] + 0.5, rtol=1e-12)  # pixel-centre convention
