@@ -64,6 +64,14 @@ def gamma_loss(gamma: float) -> Callable[[Tensor, Tensor], Tensor]:
     return loss
 
 
+def gamma_of_distance(gamma: float) -> Callable[[Tensor], Tensor]:
+    """The gamma loss as a function of a precomputed distance ``r >= 0`` (any shape)."""
+    if gamma == 1:
+        return lambda r: r
+    off = gamma_offset(gamma)
+    return lambda r: (r + off) ** gamma - off**gamma
+
+
 def cosine_schedule(alpha: float, base: float, end: float) -> float:
     """Cosine decay from ``base`` (alpha=0) to ``end`` (alpha=1)."""
     return end + (base - end) * (1 + math.cos(alpha * math.pi)) / 2
@@ -139,6 +147,37 @@ def compose_chain(rel: Tensor, levels: list[np.ndarray], parent_pos: list[np.nda
     for nodes, ppos in zip(levels[1:], parent_pos[1:]):
         out.append(out[-1][torch.as_tensor(ppos, device=dev)] @ rel[torch.as_tensor(nodes, device=dev)])
     return torch.cat(out)[torch.as_tensor(inverse, device=dev)]
+
+
+class _Gather(torch.autograd.Function):
+    """``index_select(table, dim, idx)`` with a backward that is one ``index_add_`` (torch's generic
+    index_select backward goes through a several times slower scatter on CPU)."""
+
+    @staticmethod
+    def forward(ctx, table: Tensor, dim: int, idx: Tensor) -> Tensor:  # type: ignore[override]
+        ctx.save_for_backward(idx)
+        ctx.shape, ctx.dim = table.shape, dim
+        return torch.index_select(table, dim, idx)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None, None]:  # type: ignore[override]
+        (idx,) = ctx.saved_tensors
+        return grad.new_zeros(ctx.shape).index_add_(ctx.dim, idx, grad.contiguous()), None, None
+
+
+def gather(table: Tensor, dim: int, idx: Tensor) -> Tensor:
+    """``torch.index_select(table, dim, idx)`` with a fast backward (see :class:`_Gather`)."""
+    return _Gather.apply(table, dim, idx)
+
+
+def distance(a: Sequence[Tensor], b: Sequence[Tensor]) -> Tensor:
+    """Euclidean distance between points given as coordinate tuples (each (L,)) -> (L,).
+
+    Written out (not ``norm`` over a tiny axis, which is ~50x slower on CPU); the square is clamped at 1e-30 so
+    the gradient stays finite at exactly zero distance (the value changes by at most 1e-15).
+    """
+    sq = sum((u - v) * (u - v) for u, v in zip(a, b))
+    return sq.clamp_min(1e-30).sqrt()  # type: ignore[union-attr]
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -237,6 +276,18 @@ class SparseAligner:
         self.n_ok = int(ok.sum())
         if not ok[: self.n_ok].all():
             raise ValueError("AlignProblem matches must be sorted with trusted (m_ok) matches first")
+        k = self.n_ok
+        # flat (2K,) arrays of the trusted matches: side 0 then side 1. The matches are put in a fixed
+        # pseudo-random order: index_add_ (the gathers' backward) is ~5x slower on CPU when its indices are sorted,
+        # as they are when matches come grouped by pair. Only the summation order changes.
+        perm = torch.randperm(k, generator=torch.Generator().manual_seed(0)).to(problem.m_img.device)
+        self._img = problem.m_img[:, perm].reshape(-1).contiguous()
+        self._anchor = problem.m_anchor[:, perm].reshape(-1).contiguous()
+        self._off_m1 = (problem.m_off[:, perm] - 1).reshape(-1).contiguous()
+        self._x = problem.m_xy[:, perm, 0].reshape(-1).contiguous()
+        self._y = problem.m_xy[:, perm, 1].reshape(-1).contiguous()
+        self._conf = problem.m_conf[perm].contiguous()
+        self._fb_target = tuple(problem.fb_target[:, c].contiguous() for c in range(3))
 
         diags = problem.imsizes.to(dt).norm(dim=1)
         self.min_focals, self.max_focals = 0.25 * diags, 10 * diags
@@ -366,81 +417,89 @@ class SparseAligner:
         anchor_depth = gscale * (z_cams[img] + (self.core_depth - 1) * (p.median_depths[img] * sizes[img]))
         return focals, pps_n * p.imsizes.to(focals.dtype), cam2w, anchor_depth, z_cams
 
-    # Per-image quantities are packed into one (N, 17) table gathered once per match side: rows are
-    # [R (9, row-major), t (3), f, ppx, ppy, f0 / f, 1], so each iteration is one index_select per side
-    # and elementwise arithmetic (no per-match 3x3 matmuls).
+    # Hot path, in structure-of-arrays layout: per-image quantities are packed as the ROWS of one (17, N) table
+    # [R (9, row-major), t (3), f, ppx, ppy, f0 / f, 1] gathered once per point with a single index_select along
+    # columns, then unbound into 17 contiguous (L,) rows. Everything after is elementwise on contiguous rows (no
+    # per-point 3x3 matmuls, no reductions over tiny axes, no zero-filled slice gradients).
     def camera_table(self, focals: Tensor, pps: Tensor, cam2w: Tensor) -> Tensor:
-        """(N, 17) packed camera parameters (see above)."""
+        """(17, N) packed camera parameters (see above)."""
         n = focals.shape[0]
-        return torch.cat((cam2w[:, :3, :3].reshape(n, 9), cam2w[:, :3, 3], focals[:, None], pps,
-                          (self.p.base_focals / focals)[:, None], torch.ones_like(focals)[:, None]), dim=1)
+        return torch.cat((cam2w[:, :3, :3].reshape(n, 9).T, cam2w[:, :3, 3].T, focals[None], pps.T,
+                          (self.p.base_focals / focals)[None], torch.ones_like(focals)[None]), dim=0)
 
     @staticmethod
     def _gather(table: Tensor, idx: Tensor) -> tuple[Tensor, ...]:
-        """Columns of ``table`` at rows ``idx`` (any shape), as a tuple of tensors shaped like ``idx``."""
-        rows = torch.index_select(table, 0, idx.reshape(-1))
-        return tuple(c.view(idx.shape) for c in rows.unbind(-1))
+        """The 17 table rows at images ``idx (L,)``: a tuple of contiguous (L,) tensors."""
+        # one 1-D gather per row: unbinding a single (17, L) gather costs a large stack in the backward pass
+        return tuple(gather(row, 0, idx) for row in table.unbind(0))
 
     @staticmethod
-    def _to_world(cam: tuple[Tensor, ...], xy: Tensor, depth: Tensor) -> Tensor:
-        """World points ``(..., 3)`` of pixels ``xy (..., 2)`` at ``depth (...)`` for gathered cameras ``cam``."""
-        r = cam
-        cz = depth
-        cx = (xy[..., 0] - r[13]) / r[12] * cz
-        cy = (xy[..., 1] - r[14]) / r[12] * cz
-        return torch.stack((r[0] * cx + r[1] * cy + r[2] * cz + r[9],
-                            r[3] * cx + r[4] * cy + r[5] * cz + r[10],
-                            r[6] * cx + r[7] * cy + r[8] * cz + r[11]), dim=-1)
+    def _to_world(r: tuple[Tensor, ...], x: Tensor, y: Tensor, d: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """World coordinates of pixels ``(x, y)`` at depth ``d`` (all (L,)) for gathered cameras ``r``."""
+        cx = (x - r[13]) / r[12] * d
+        cy = (y - r[14]) / r[12] * d
+        return (r[0] * cx + r[1] * cy + r[2] * d + r[9],
+                r[3] * cx + r[4] * cy + r[5] * d + r[10],
+                r[6] * cx + r[7] * cy + r[8] * d + r[11])
 
     @staticmethod
-    def _to_pixels(cam: tuple[Tensor, ...], pts: Tensor) -> Tensor:
-        """Pixels ``(..., 2)`` of world points ``pts (..., 3)`` in gathered cameras (reference clipping)."""
-        r = cam
-        dx, dy, dz = (pts[..., 0] - r[9]), (pts[..., 1] - r[10]), (pts[..., 2] - r[11])
-        x = r[0] * dx + r[3] * dy + r[6] * dz
-        y = r[1] * dx + r[4] * dy + r[7] * dz
+    def _to_pixels(r: tuple[Tensor, ...], wx: Tensor, wy: Tensor, wz: Tensor) -> tuple[Tensor, Tensor]:
+        """Pixels of world points in gathered cameras (reference clipping: depth >= 1e-3, pixels in
+        [-1000, 2000] so that points behind a camera never produce NaNs)."""
+        dx, dy, dz = wx - r[9], wy - r[10], wz - r[11]
         z = (r[2] * dx + r[5] * dy + r[8] * dz).clamp(min=1e-3)
-        return torch.stack((r[12] * x / z + r[13], r[12] * y / z + r[14]), dim=-1).clamp(-1000, 2000)
+        fz = r[12] / z
+        u = ((r[0] * dx + r[3] * dy + r[6] * dz) * fz + r[13]).clamp(-1000, 2000)
+        v = ((r[1] * dx + r[4] * dy + r[7] * dz) * fz + r[14]).clamp(-1000, 2000)
+        return u, v
 
-    def match_points(self, table: Tensor, anchor_depth: Tensor, k: int) -> tuple[Tensor, tuple[Tensor, ...]]:
-        """World points ``(2, k, 3)`` of both sides of the first ``k`` matches, and their gathered cameras."""
-        p = self.p
-        cam = self._gather(table, p.m_img[:, :k])
-        depth = torch.index_select(anchor_depth, 0, p.m_anchor[:, :k].reshape(-1)).view(2, k)
-        depth = depth * (1 + (p.m_off[:, :k] - 1) * cam[15])
-        return self._to_world(cam, p.m_xy[:, :k], depth), cam
+    def match_points(self, table: Tensor, anchor_depth: Tensor) -> tuple[tuple[Tensor, Tensor, Tensor], tuple]:
+        """World coordinates (3 x (2K,)) of both sides of the K trusted matches (side 0 then side 1), and the
+        gathered cameras."""
+        r = self._gather(table, self._img)
+        d = gather(anchor_depth, 0, self._anchor) * (1 + self._off_m1 * r[15])
+        return self._to_world(r, self._x, self._y, d), r
 
-    def anchor_points(self, table: Tensor, anchor_depth: Tensor, idx: Tensor) -> Tensor:
-        """World points of anchors ``idx (K,)`` -> ``(K, 3)`` (anchors have canonical offset 1)."""
-        cam = self._gather(table, self.p.anchor_img[idx])
-        return self._to_world(cam, self.p.anchor_xy[idx], anchor_depth[idx])
+    def anchor_points(self, table: Tensor, anchor_depth: Tensor, idx: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """World coordinates of anchors ``idx (L,)`` (anchors have canonical offset 1)."""
+        r = self._gather(table, self.p.anchor_img[idx])
+        xy = self.p.anchor_xy[idx]
+        return self._to_world(r, xy[:, 0].contiguous(), xy[:, 1].contiguous(), anchor_depth[idx])
 
     # -- losses ----------------------------------------------------------------------------------------------
-    def loss_3d(self, pts: Tensor, conf: Tensor, pix_loss: Callable) -> Tensor:
-        """Confidence-weighted robust distance between the two 3D points of each match."""
-        if conf.numel() == 0:
-            return pts.new_zeros(())
-        return (conf * pix_loss(pts[0], pts[1])).sum() / conf.sum()
+    def loss_3d(self, pts: tuple[Tensor, Tensor, Tensor], loss: Callable[[Tensor], Tensor]) -> Tensor:
+        """Confidence-weighted robust distance between the two 3D points of each trusted match."""
+        k = self.n_ok
+        if k == 0:
+            return pts[0].new_zeros(())
+        r = distance(tuple(c[:k] for c in pts), tuple(c[k:] for c in pts))
+        return (self._conf * loss(r)).sum() / self._conf.sum()
 
-    def loss_2d(self, pts: Tensor, cam: tuple[Tensor, ...], xy: Tensor, conf: Tensor, pix_loss: Callable) -> Tensor:
+    def loss_2d(self, pts: tuple[Tensor, Tensor, Tensor], cam: tuple[Tensor, ...],
+                loss: Callable[[Tensor], Tensor]) -> Tensor:
         """Confidence-weighted robust reprojection error of each side's point into the other image, both ways."""
-        if conf.numel() == 0:
-            return pts.new_zeros(())
-        uv = self._to_pixels(cam, pts.flip(0))
-        return (conf * pix_loss(xy, uv)).sum() / (2 * conf.sum())
+        k = self.n_ok
+        if k == 0:
+            return pts[0].new_zeros(())
+        total = pts[0].new_zeros(())
+        for side, sl_self, sl_other in ((0, slice(0, k), slice(k, None)), (1, slice(k, None), slice(0, k))):
+            u, v = self._to_pixels(tuple(c[sl_self] for c in cam), *(c[sl_other] for c in pts))
+            r = distance((self._x[sl_self], self._y[sl_self]), (u, v))
+            total = total + (self._conf * loss(r)).sum()
+        return total / (2 * self._conf.sum())
 
-    def loss_fallback(self, table: Tensor, anchor_depth: Tensor, pix_loss: Callable) -> Tensor:
+    def loss_fallback(self, table: Tensor, anchor_depth: Tensor, loss: Callable[[Tensor], Tensor]) -> Tensor:
         """Regression of anchors onto the other view's pointmap prediction (pairs with untrusted matches)."""
         p = self.p
         if p.fb_conf.numel() == 0:
             return table.new_zeros(())
         pts = self.anchor_points(table, anchor_depth, p.fb_anchor)
         r = self._gather(table, p.fb_ref)
-        t = p.fb_target
-        tgt = torch.stack((r[0] * t[:, 0] + r[1] * t[:, 1] + r[2] * t[:, 2] + r[9],
-                           r[3] * t[:, 0] + r[4] * t[:, 1] + r[5] * t[:, 2] + r[10],
-                           r[6] * t[:, 0] + r[7] * t[:, 1] + r[8] * t[:, 2] + r[11]), dim=-1)
-        return (p.fb_conf * pix_loss(pts, tgt)).sum() / p.fb_conf.sum()
+        tx, ty, tz = self._fb_target
+        tgt = (r[0] * tx + r[1] * ty + r[2] * tz + r[9],
+               r[3] * tx + r[4] * ty + r[5] * tz + r[10],
+               r[6] * tx + r[7] * ty + r[8] * tz + r[11])
+        return (p.fb_conf * loss(distance(pts, tgt))).sum() / p.fb_conf.sum()
 
     # -- optimisation ----------------------------------------------------------------------------------------
     def _params(self) -> dict[str, Tensor]:
@@ -452,7 +511,7 @@ class SparseAligner:
         cfg, p = self.cfg, self.p
         if stage == 1:
             names, niter, lr_base = ["quats", "trans", "log_sizes"], cfg.niter1, cfg.lr1
-            pix_loss, name = gamma_loss(cfg.loss_gamma1), "stage 1 (3D)"
+            pix_loss, name = gamma_of_distance(cfg.loss_gamma1), "stage 1 (3D)"
         else:
             names = ["quats", "trans", "log_sizes", "log_focals"]
             if cfg.opt_pp:
@@ -460,20 +519,19 @@ class SparseAligner:
             if cfg.opt_depth:
                 names.append("core_depth")
             niter, lr_base = cfg.niter2, cfg.lr2
-            pix_loss, name = gamma_loss(cfg.loss_gamma2), "stage 2 (2D)"
+            pix_loss, name = gamma_of_distance(cfg.loss_gamma2), "stage 2 (2D)"
         if self.intr_grad_mask is not None and not bool(self.intr_grad_mask.any()):
             names = [k for k in names if k not in ("log_focals", "pps")]
         if self.fixed_mask is not None and bool(self.fixed_mask.all()):
             names = [k for k in names if k not in ("quats", "trans")]
-        fb_loss = gamma_loss(cfg.fallback_gamma)
+        fb_loss = gamma_of_distance(cfg.fallback_gamma)
         schedule = SCHEDULES[cfg.lr_schedule]
-        k_ok = self.n_ok
-        conf, xy_ok = p.m_conf[:k_ok], p.m_xy[:, :k_ok]
 
         params = [self._params()[k] for k in names]
         for t in params:
             t.requires_grad_(True)
-        opt = torch.optim.Adam(params, lr=1.0, betas=(0.9, 0.9), weight_decay=0) if params else None
+        opt = (torch.optim.Adam(params, lr=1.0, betas=(0.9, 0.9), weight_decay=0, foreach=True)
+               if params else None)
         masks = self._grad_masks(names)
 
         losses: list[float] = []
@@ -492,11 +550,11 @@ class SparseAligner:
                 opt.zero_grad(set_to_none=True)
                 focals, pps, cam2w, anchor_depth, _ = self.cameras()
                 table = self.camera_table(focals, pps, cam2w)
-                pts, cam = self.match_points(table, anchor_depth, k_ok)
+                pts, cam = self.match_points(table, anchor_depth)
                 if stage == 1:
-                    loss = self.loss_3d(pts, conf, pix_loss)
+                    loss = self.loss_3d(pts, pix_loss)
                 else:
-                    loss = self.loss_2d(pts, cam, xy_ok, conf, pix_loss)
+                    loss = self.loss_2d(pts, cam, pix_loss)
                 if cfg.fallback_weight:
                     loss = loss + cfg.fallback_weight * self.loss_fallback(table, anchor_depth, fb_loss)
                 if self.prior is not None:
