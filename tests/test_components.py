@@ -1,0 +1,125 @@
+"""Disconnected views: components of the match graph, each aligned as its own Scene; isolated images reported."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+
+import numpy as np
+import pytest
+
+from sparsega import synthetic
+from sparsega.alignment import align
+from sparsega.components import align_components, self_pair, split_components, subset_predictions
+from sparsega.errors import ConfigError, GraphError
+from sparsega.pairs import make_pairs
+from sparsega.types import AlignConfig, PairPrediction
+
+CFG = AlignConfig(niter1=40, niter2=40, progress=False)
+H, W = 48, 64
+
+
+def _offset(preds: list[PairPrediction], k: int) -> list[PairPrediction]:
+    return [dataclasses.replace(p, i=p.i + k, j=p.j + k) for p in preds]
+
+
+def _no_matches(p: PairPrediction, i: int, j: int) -> PairPrediction:
+    z = np.zeros((0, 2), np.int64)
+    return dataclasses.replace(p, i=i, j=j, xy1=z, xy2=z.copy(), match_conf=np.zeros(0, np.float32),
+                               score=(1.0, 0.0, 0))
+
+
+@pytest.fixture(scope="module")
+def two_scenes() -> dict:
+    """Scene A (4 views, images 0-3), scene B (3 views, images 4-6), image 7 whose only pairs have zero matches;
+    A-B also joined by a zero-match pair (3, 4)."""
+    a = synthetic.make_scene("orbit", n_views=4, height=H, width=W, seed=1)
+    b = synthetic.make_scene("walk", n_views=3, height=H, width=W, seed=2)
+    c = synthetic.make_scene("hemisphere", n_views=2, height=H, width=W, seed=3)
+    pa = synthetic.simulate_predictions(a, make_pairs(4, "complete"), seed=1)
+    pb = synthetic.simulate_predictions(b, make_pairs(3, "complete"), seed=2)
+    pc = synthetic.simulate_predictions(c, [[0, 1]], seed=3)[0]
+    cross = [_no_matches(pa[0], 3, 4), _no_matches(pc, 7, 0), _no_matches(pc, 7, 5)]
+    preds = pa + _offset(pb, 4) + cross
+    images = list(a.images) + list(b.images) + [c.images[0]]
+    return {"a": pa, "b": pb, "preds": preds, "images": images, "paths": [f"im{k}.png" for k in range(8)]}
+
+
+def test_split_zero_match_pairs_do_not_link(two_scenes):
+    split = split_components(two_scenes["preds"])
+    assert [g.tolist() for g in split.groups] == [[0, 1, 2, 3], [4, 5, 6]]
+    assert split.isolated == [7] and not split.connected and split.n_images == 8
+    # an image referenced by no prediction is isolated too
+    assert split_components(two_scenes["a"], n_images=6).isolated == [4, 5]
+    assert split_components(two_scenes["a"]).connected
+
+
+def test_trusted_link_mode_is_stricter(two_scenes):
+    by_pair = {(min(p.i, p.j), max(p.i, p.j)): p for p in two_scenes["a"]}
+    weak = dataclasses.replace(by_pair[(0, 1)], match_conf=np.minimum(by_pair[(0, 1)].match_conf, 4.0))
+    strong = by_pair[(2, 3)]
+    assert strong.match_conf.max() > 5.0
+    split = split_components([weak, strong])
+    assert [g.tolist() for g in split.groups] == [[0, 1], [2, 3]] and split.isolated == []
+    split = split_components([weak, strong], link="trusted", matching_conf_thr=5.0)
+    assert [g.tolist() for g in split.groups] == [[2, 3]] and split.isolated == [0, 1]
+    with pytest.raises(ConfigError, match="link"):
+        split_components([weak], link="sometimes")  # type: ignore[arg-type]
+
+
+def test_subset_predictions_remaps_indices(two_scenes):
+    sub = subset_predictions(two_scenes["preds"], [4, 5, 6])
+    assert [(p.i, p.j) for p in sub] == [(q.i, q.j) for q in two_scenes["b"]]
+    for p, q in zip(sub, two_scenes["b"]):
+        assert p.pts11 is q.pts11 and p.xy1 is q.xy1  # no copies
+
+
+def test_align_raises_graph_error_listing_groups(two_scenes):
+    """Without any pair between the groups, align() refuses with the groups named (never an assertion)."""
+    preds = two_scenes["a"] + _offset(two_scenes["b"], 4)
+    with pytest.raises(GraphError, match=r"disconnected.*\[0, 1, 2, 3\], \[4, 5, 6\]"):
+        align(preds, CFG)
+
+
+def test_align_components_each_scene_equals_its_own_alignment(two_scenes, caplog):
+    with caplog.at_level(logging.WARNING, logger="sparsega"):
+        scenes, unregistered = align_components(two_scenes["preds"], CFG, images=two_scenes["images"],
+                                                image_paths=two_scenes["paths"])
+    assert unregistered == [7]
+    assert "unregistered" in caplog.text and "im7.png" in caplog.text
+    assert [s.info["component_images"] for s in scenes] == [[0, 1, 2, 3], [4, 5, 6]]
+    assert scenes[0].image_paths == ["im0.png", "im1.png", "im2.png", "im3.png"]
+    assert scenes[1].image_paths == ["im4.png", "im5.png", "im6.png"]
+    np.testing.assert_array_equal(scenes[1].images[0], two_scenes["images"][4])
+    # each component is exactly the alignment of that scene's predictions alone (cross pairs dropped)
+    ref_a = align(two_scenes["a"], CFG)
+    ref_b = align(two_scenes["b"], CFG)
+    for got, ref in ((scenes[0], ref_a), (scenes[1], ref_b)):
+        np.testing.assert_array_equal(got.cam2w, ref.cam2w)
+        np.testing.assert_array_equal(got.intrinsics, ref.intrinsics)
+        for d1, d2 in zip(got.depthmaps, ref.depthmaps):
+            np.testing.assert_array_equal(d1, d2)
+        assert np.isfinite(got.cam2w).all()
+
+
+def test_isolated_image_from_self_pair(two_scenes):
+    scenes, unregistered = align_components(two_scenes["preds"], CFG, isolated="self-pair")
+    assert unregistered == [] and len(scenes) == 3
+    single = scenes[2]
+    assert single.info["component_images"] == [7] and single.n_images == 1
+    np.testing.assert_allclose(single.cam2w[0, :3, :3], np.eye(3), atol=1e-6)
+    assert np.isfinite(single.depthmaps[0]).all() and (single.depthmaps[0] > 0).all()
+    sp = self_pair(two_scenes["preds"], 7)
+    assert sp is not None and (sp.i, sp.j) == (0, 0) and sp.n_matches == 0
+    assert self_pair(two_scenes["a"], 9) is None
+
+
+def test_connected_graph_gives_one_scene_equal_to_align(two_scenes):
+    scenes, unregistered = align_components(two_scenes["a"], CFG)
+    assert unregistered == [] and len(scenes) == 1
+    np.testing.assert_array_equal(scenes[0].cam2w, align(two_scenes["a"], CFG).cam2w)
+
+
+def test_bad_isolated_mode(two_scenes):
+    with pytest.raises(ConfigError, match="isolated"):
+        align_components(two_scenes["a"], CFG, isolated="drop")  # type: ignore[arg-type]
