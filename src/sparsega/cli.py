@@ -180,6 +180,13 @@ def _check_output(args: argparse.Namespace) -> Path:
         raise InputError(f"{out}: exists and is not a folder")
     if out.exists() and not args.overwrite:
         raise InputError(f"{out}: output folder exists (use --overwrite to replace it)")
+    base = out.absolute().parent  # the output is staged next to OUT: its first existing ancestor must be writable
+    while not base.exists() and base != base.parent:
+        base = base.parent
+    if not base.is_dir():
+        raise InputError(f"{out}: cannot create the output folder ({base} is not a folder)")
+    if not os.access(base, os.W_OK | os.X_OK):
+        raise InputError(f"{out}: cannot create the output folder ({base} is not writable)")
     return out
 
 
