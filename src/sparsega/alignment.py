@@ -321,7 +321,16 @@ def align(predictions: Sequence[PairPrediction], config: AlignConfig | None = No
     for k, pose in fixed_poses.items():  # hard constraints: exactly the input (no round-off from the chain)
         cam2w_d[k] = pose
     cam2w = cam2w_d.astype(np.float32)
-    confs = [c.confs for c in cdata]
+    confs = [c.confs.copy() for c in cdata]
+    for k, d in enumerate(depths):
+        # the additive depth model can cross zero where an unmatched anchor's canonical ratio is small and the
+        # focal shrank: such pixels get confidence 0 and the smallest valid depth (never NaN or <= 0)
+        bad = ~(np.isfinite(d) & (d > 0))
+        if bad.any():
+            good = d[~bad]
+            d[bad] = good.min() if good.size else 1.0
+            confs[k][bad] = 0.0
+            log.info("image %d: %d pixels with non-positive depth marked invalid", k, int(bad.sum()))
     if cfg.clean_depth and n > 1:
         confs = clean_confidences(confs, K, cam2w, depths, np.asarray(stats["pairs"]))
 

@@ -13,12 +13,12 @@ Inversion. Given a camera centre ``C_i`` and rotation ``R_i`` in internal units:
     T_i = C_i / g + R_i o_i                      (absolute chain pose of camera i)
     rel_i = chain(parent(i))^-1 @ chain(i)        (relative pose stored in the parameters)
 
-Units. Internal lengths are the network's (canonical depths). The user's frame has its own scale: for every match
-between two known cameras ``i, j`` the back-projected canonical points must agree,
-``l_i R_i p_i + C_i = l_j R_j p_j + C_j``, which is linear in the per-image scales ``l`` (user units per network
-unit). We solve it by least squares over all such matches (needs two overlapping known views with a baseline),
-set ``S = min_i l_i``, work internally with centres ``C / S`` and sizes ``a_i = l_i / S`` (so ``g = 1``), and
-multiply all output lengths by ``S``. With a single known pose, ``S = 1`` (the network's metric units).
+Initialisation and units. Internal lengths are the network's. With known poses a first unconstrained stage 1
+gives every camera a pose; the similarity ``x -> s Q x + t`` taking its known cameras onto the given ones (``Q``
+averaged from the rotations, ``s`` from the spread of the centres, so two cameras with a baseline suffice) maps
+all cameras into the user's frame. Internally we work with centres ``C / s`` and multiply all output lengths by
+``s`` (the world scale). With a single known pose, ``s = 1`` (the network's metric units). The chain is then
+inverted onto these poses (``SparseAligner.set_absolute_poses``).
 
 Hard constraints (``fix_poses=True``): known cameras become roots of the kinematic forest (the edge to their parent
 is cut) and their chain pose is DERIVED each iteration from the fixed ``(R_i, C_i)`` with the formula above, so the
@@ -33,7 +33,6 @@ freezes them (per image), otherwise they are only the initial values.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
 import numpy as np
@@ -41,7 +40,7 @@ import roma
 import torch
 
 from .errors import InputError
-from .optimize import AlignProblem, SparseAligner, backproject, tree_levels
+from .optimize import AlignProblem, SparseAligner
 from .types import AlignConfig
 
 log = logging.getLogger(__name__)
@@ -100,66 +99,30 @@ def validate_poses(known: Any, n: int) -> dict[int, np.ndarray]:
     return ps
 
 
-@dataclass
-class KnownCameras:
-    """Validated known cameras, in internal units after :func:`make_setup`."""
+def similarity_from_cameras(R_est: np.ndarray, C_est: np.ndarray, R_ref: np.ndarray, C_ref: np.ndarray
+                            ) -> tuple[float, np.ndarray, np.ndarray]:
+    """Similarity ``x -> s Q x + t`` taking estimated cameras onto reference ones (K >= 1 cameras).
 
-    intrinsics: dict[int, np.ndarray]
-    poses: dict[int, np.ndarray]
-    world_scale: float = 1.0
-
-
-def _canonical_points(problem: AlignProblem, side: int, sel: torch.Tensor) -> torch.Tensor:
-    """Camera-frame canonical points of one side of the selected matches (initial focal and pp)."""
-    img = problem.m_img[side, sel]
-    depth = problem.core_depth[problem.m_anchor[side, sel]] * problem.median_depths[img] * problem.m_off[side, sel]
-    return backproject(problem.m_xy[side, sel], depth, problem.base_focals[img], problem.pps[img])
-
-
-def solve_scales(problem: AlignProblem, poses: dict[int, np.ndarray]) -> dict[int, float]:
-    """Per-image scale l_i (user units per network unit) of known cameras from their mutual matches (linear LS)."""
-    known = np.zeros(problem.n_images, dtype=bool)
-    known[list(poses)] = True
-    m_img = problem.m_img.cpu().numpy()
-    sel_np = known[m_img[0]] & known[m_img[1]] & problem.m_ok.cpu().numpy() & (m_img[0] != m_img[1])
-    if sel_np.sum() < 3:
-        raise InputError("known poses: at least two known cameras must share matches to fix the scale")
-    sel = torch.as_tensor(sel_np, device=problem.m_img.device)
-    p1 = _canonical_points(problem, 0, sel).double().cpu().numpy()
-    p2 = _canonical_points(problem, 1, sel).double().cpu().numpy()
-    i, j = m_img[0, sel_np], m_img[1, sel_np]
-    R = np.stack([poses[k][:3, :3] if k in poses else np.eye(3) for k in range(problem.n_images)])
-    C = np.stack([poses[k][:3, 3] if k in poses else np.zeros(3) for k in range(problem.n_images)])
-    a = np.einsum("mab,mb->ma", R[i], p1)
-    b = np.einsum("mab,mb->ma", R[j], p2)
-    idx = {k: c for c, k in enumerate(sorted(poses))}
-    m = len(i)
-    A = np.zeros((3 * m, len(idx)))
-    rows = np.arange(3 * m).reshape(m, 3)
-    A[rows, np.array([idx[k] for k in i])[:, None]] = a
-    A[rows, np.array([idx[k] for k in j])[:, None]] -= b
-    rhs = (C[j] - C[i]).reshape(-1)
-    w = np.sqrt(np.repeat(problem.m_conf[sel].double().cpu().numpy(), 3))
-    # iteratively reweighted (Cauchy) to resist outlier matches
-    lam = np.linalg.lstsq(A * w[:, None], rhs * w, rcond=None)[0]
-    for _ in range(5):
-        r = (A @ lam - rhs).reshape(m, 3)
-        res = np.linalg.norm(r, axis=1)
-        sig = max(np.median(res), 1e-12)
-        ww = np.repeat(problem.m_conf[sel].double().cpu().numpy() / (1 + (res / sig) ** 2), 3)
-        lam = np.linalg.lstsq(A * np.sqrt(ww)[:, None], rhs * np.sqrt(ww), rcond=None)[0]
-    if not np.isfinite(lam).all() or (lam <= 0).any():
-        raise InputError("known poses: the scale could not be estimated (do the known cameras have a baseline and "
-                         "overlapping views?)")
-    return {k: float(lam[c]) for k, c in idx.items()}
+    The rotation ``Q`` averages ``R_ref_k R_est_k^T`` (special Procrustes), so it is defined even for two
+    cameras; the scale is the ratio of the centres' spreads (1 with a single camera or no baseline); ``t`` maps
+    the centroids. Shapes: ``R (K,3,3)``, ``C (K,3)``.
+    """
+    Q = roma.special_procrustes(torch.as_tensor(np.einsum("kab,kcb->ac", R_ref, R_est))).numpy()
+    me, mr = C_est.mean(0), C_ref.mean(0)
+    spread_e = np.linalg.norm(C_est - me, axis=1).sum()
+    spread_r = np.linalg.norm(C_ref - mr, axis=1).sum()
+    s = float(spread_r / spread_e) if len(C_est) > 1 and spread_e > 1e-12 and spread_r > 1e-12 else 1.0
+    return s, Q, mr - s * Q @ me
 
 
 def make_setup(problem: AlignProblem, cfg: AlignConfig, known_intrinsics: Any, known_poses: Any
                ) -> tuple[Callable[[SparseAligner], None], AlignConfig, float]:
     """Validate known cameras and return ``(setup(aligner), config, world_scale)``.
 
-    ``setup`` initialises parameters from the known values and installs the constraints; outputs of the aligner
-    are in internal units and must be multiplied by ``world_scale`` (lengths only).
+    With known poses, a first unconstrained stage 1 gives every camera a pose; the similarity from its known
+    cameras onto the given poses puts all cameras in the user's frame, ``world_scale`` (user units per internal
+    unit) is that similarity's scale, the chain is inverted onto these poses and the constraints installed.
+    Outputs of the aligner are in internal units and must be multiplied by ``world_scale`` (lengths only).
     """
     n = problem.n_images
     intr = validate_intrinsics(known_intrinsics, n)
@@ -169,50 +132,60 @@ def make_setup(problem: AlignProblem, cfg: AlignConfig, known_intrinsics: Any, k
     cfg = cfg.replace(fix_intrinsics=fix_intr, fix_poses=fix_poses)
     if cfg.shared_intrinsics and intr and len(intr) != n:
         raise InputError("shared_intrinsics with known intrinsics needs them for every image")
-
     dt, dev = problem.core_depth.dtype, problem.core_depth.device
-    lam: dict[int, float] = {}
-    scale = 1.0
-    if len(poses) >= 2:
-        lam = solve_scales(problem, poses)
-        scale = min(lam.values())
-    elif len(poses) == 1:
-        lam = {next(iter(poses)): 1.0}
+
+    def set_intrinsics(al: SparseAligner) -> None:
+        if not intr:
+            return
+        ks = sorted(intr)
+        f = torch.tensor([0.5 * (intr[k][0, 0] + intr[k][1, 1]) for k in ks], dtype=dt, device=dev)
+        pp = torch.tensor(np.stack([intr[k][:2, 2] for k in ks]), dtype=dt, device=dev)
+        idx = torch.tensor(ks, device=dev)
+        with torch.no_grad():
+            if cfg.shared_intrinsics:
+                al.log_focals[:] = f.log().mean()
+                al.pps[:] = (pp / problem.imsizes[idx].to(dt)).mean(0)
+            else:
+                al.log_focals[idx] = f.log()
+                al.pps[idx] = pp / problem.imsizes[idx].to(dt)
+        if fix_intr:
+            mask = torch.ones(n, dtype=dt, device=dev)
+            mask[idx] = 0
+            al.intr_grad_mask = mask
+
+    if not poses:
+        return set_intrinsics, cfg, 1.0
+
+    # unconstrained stage 1 for the cameras the user did not give
+    pre = SparseAligner(problem, cfg)
+    set_intrinsics(pre)
+    pre.run_stage(1)
+    with torch.no_grad():
+        _, _, cam2w_free, _, _ = pre.cameras()
+    cam2w_free = cam2w_free.double().cpu().numpy()
+    ks = sorted(poses)
+    R_ref = np.stack([poses[k][:3, :3] for k in ks])
+    C_ref = np.stack([poses[k][:3, 3] for k in ks])
+    scale, Q, t = similarity_from_cameras(cam2w_free[ks, :3, :3], cam2w_free[ks, :3, 3], R_ref, C_ref)
+    if len(ks) >= 2 and np.linalg.norm(C_ref - C_ref.mean(0), axis=1).max() < 1e-9:
+        raise InputError("known poses: the known cameras have no baseline, the scale is undefined")
+    R_all = np.einsum("ab,kbc->kac", Q, cam2w_free[:, :3, :3])
+    C_all = (cam2w_free[:, :3, 3] @ Q.T * scale + t) / scale  # internal units = user units / scale
+    R_all[ks] = R_ref
+    C_all[ks] = C_ref / scale
+    log_sizes = pre.log_sizes.detach().clone()
+    log.info("known poses: %d cameras, world scale %.6g user units per network unit", len(ks), scale)
 
     def setup(al: SparseAligner) -> None:
+        set_intrinsics(al)
         with torch.no_grad():
-            if intr:
-                ks = sorted(intr)
-                f = torch.tensor([0.5 * (intr[k][0, 0] + intr[k][1, 1]) for k in ks], dtype=dt, device=dev)
-                pp = torch.tensor([intr[k][:2, 2] for k in ks], dtype=dt, device=dev)
-                idx = torch.tensor(ks, device=dev)
-                if cfg.shared_intrinsics:
-                    al.log_focals[:] = f.log().mean()
-                    al.pps[:] = (pp / problem.imsizes[idx].to(dt)).mean(0)
-                else:
-                    al.log_focals[idx] = f.log()
-                    al.pps[idx] = pp / problem.imsizes[idx].to(dt)
-                if fix_intr:
-                    mask = torch.ones(n, dtype=dt, device=dev)
-                    mask[idx] = 0
-                    al.intr_grad_mask = mask
-            if not poses:
-                return
-            # per-image sizes: known from the LS solve, others the geometric mean of the known ones
-            mean_log = float(np.mean(np.log([v / scale for v in lam.values()])))
-            sizes = torch.full((n,), mean_log, dtype=dt, device=dev)
-            for k, v in lam.items():
-                sizes[k] = float(np.log(v / scale))
-            sizes -= sizes.min()  # g = 1 at init; min size is 1
-            al.log_sizes[:] = sizes
-            R = torch.eye(3, dtype=dt, device=dev).repeat(n, 1, 1)
-            C = torch.zeros((n, 3), dtype=dt, device=dev)
-            known_mask = torch.zeros(n, dtype=torch.bool, device=dev)
-            for k, P in poses.items():
-                R[k] = torch.as_tensor(P[:3, :3], dtype=dt, device=dev)
-                C[k] = torch.as_tensor(P[:3, 3] / scale, dtype=dt, device=dev)
-                known_mask[k] = True
-            al.install_known_poses(R, C, known_mask, hard=fix_poses, weight=cfg.pose_prior_weight)
+            al.log_sizes[:] = log_sizes
+        R = torch.as_tensor(R_all, dtype=dt, device=dev)
+        C = torch.as_tensor(C_all, dtype=dt, device=dev)
+        mask = torch.zeros(n, dtype=torch.bool, device=dev)
+        mask[ks] = True
+        al.install_known_poses(R, C, mask, hard=fix_poses, weight=cfg.pose_prior_weight)
+        al.set_absolute_poses(R, C)
 
     return setup, cfg, scale
 
@@ -222,4 +195,4 @@ def quats_from_rotmats(R: torch.Tensor) -> torch.Tensor:
     return roma.rotmat_to_unitquat(R)
 
 
-__all__ = ["validate_intrinsics", "validate_poses", "solve_scales", "make_setup", "KnownCameras", "tree_levels"]
+__all__ = ["validate_intrinsics", "validate_poses", "similarity_from_cameras", "make_setup"]

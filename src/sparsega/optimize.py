@@ -314,51 +314,44 @@ class SparseAligner:
         self.fixed_C: Tensor | None = None
         self.prior: tuple[Tensor, Tensor, Tensor, float, float] | None = None
 
+    @torch.no_grad()
+    def set_absolute_poses(self, R: Tensor, C: Tensor) -> None:
+        """Initialise every camera at rotation ``R (N,3,3)`` and centre ``C (N,3)`` by inverting the kinematic
+        chain: with the current sizes, focals and principal points, camera i's absolute chain pose is
+        ``(R_i, T_i = C_i / g + R_i o_i)`` and its parameters are ``rel_i = chain(parent)^-1 chain(i)``."""
+        p = self.p
+        n = p.n_images
+        focals, pps_n = self.focals(), self.pps.expand(n, 2)
+        sizes = self.log_sizes.exp()
+        g = 1 / sizes.min()
+        off = self._focal_plane_offset(sizes * p.median_depths * focals / p.base_focals, focals, pps_n)
+        chain = torch.eye(4, dtype=R.dtype, device=R.device).repeat(n, 1, 1)
+        chain[:, :3, :3] = R
+        chain[:, :3, 3] = C / g + (R @ off.unsqueeze(-1)).squeeze(-1)
+        rel = chain.clone()
+        nodes = np.concatenate(self.levels[1:]) if len(self.levels) > 1 else np.zeros(0, np.int64)
+        if len(nodes):
+            parents = np.concatenate([lvl[pp] for lvl, pp in zip(self.levels[:-1], self.parent_pos[1:])])
+            idx = torch.as_tensor(nodes, device=R.device)
+            rel[idx] = torch.linalg.inv(chain[torch.as_tensor(parents, device=R.device)]) @ chain[idx]
+        self.quats[:] = roma.rotmat_to_unitquat(rel[:, :3, :3])
+        self.trans[:] = rel[:, :3, 3]
+
     def install_known_poses(self, R: Tensor, C: Tensor, mask: Tensor, hard: bool, weight: float) -> None:
         """Constrain cameras ``mask (N,)`` to rotations ``R (N,3,3)`` and centres ``C (N,3)`` (internal units).
 
         ``hard``: known cameras become roots of the kinematic forest and their chain pose is derived from (R, C)
-        every iteration, so they never move. Otherwise the chain is initialised by inverting it onto (R, C) and a
-        prior ``weight * (angle^2 + |dC|^2 / L^2)`` is added to the loss (L = spread of the known centres).
+        every iteration, so they never move. Otherwise a prior ``weight * (angle^2 + |dC|^2 / L^2)`` is added to
+        the loss (L = spread of the known centres). Call :meth:`set_absolute_poses` afterwards to initialise.
         """
         p = self.p
-        n = p.n_images
         known = mask.cpu().numpy()
         if hard:
             edges = p.edges[~known[p.edges[:, 1]]] if len(p.edges) else p.edges
             roots = sorted({p.root} | set(np.flatnonzero(known).tolist()))
-            self.levels, self.parent_pos, self.inverse = tree_levels(n, roots, edges)
+            self.levels, self.parent_pos, self.inverse = tree_levels(p.n_images, roots, edges)
             self.fixed_mask, self.fixed_R, self.fixed_C = mask, R, C
-            # unknown cameras start at their parent's pose (identity relative), as the reference
-            with torch.no_grad():
-                self.quats[:] = torch.tensor([0.0, 0, 0, 1], dtype=self.quats.dtype)
-                self.trans[:] = 0
             return
-        with torch.no_grad():
-            focals, pps_n, z_cams = self.focals(), self.pps.expand(n, 2), None
-            sizes = self.log_sizes.exp()
-            g = 1 / sizes.min()
-            z_cams = sizes * p.median_depths * focals / p.base_focals
-            off = self._focal_plane_offset(z_cams, focals, pps_n)
-            T = C / g + (R @ off.unsqueeze(-1)).squeeze(-1)
-            chain = torch.eye(4, dtype=R.dtype, device=R.device).repeat(n, 1, 1)
-            parent = np.full(n, -1)
-            for a, b in p.edges:
-                parent[b] = a
-            for lvl in self.levels:  # absolute chain: known -> given; unknown -> parent's
-                for k in lvl.tolist():
-                    if known[k]:
-                        chain[k, :3, :3], chain[k, :3, 3] = R[k], T[k]
-                    elif parent[k] >= 0:
-                        chain[k] = chain[parent[k]]
-            rel = chain.clone()
-            has_parent = parent >= 0
-            idx = torch.as_tensor(np.flatnonzero(has_parent), device=R.device)
-            if len(idx):
-                par = torch.as_tensor(parent[has_parent], device=R.device)
-                rel[idx] = torch.linalg.inv(chain[par]) @ chain[idx]
-            self.quats[:] = roma.rotmat_to_unitquat(rel[:, :3, :3])
-            self.trans[:] = rel[:, :3, 3]
         spread = float((C[mask] - C[mask].mean(0)).norm(dim=1).max()) if int(mask.sum()) > 1 else 1.0
         self.prior = (mask, R, C, weight, max(spread, 1e-9))
 
