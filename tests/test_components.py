@@ -123,3 +123,56 @@ def test_connected_graph_gives_one_scene_equal_to_align(two_scenes):
 def test_bad_isolated_mode(two_scenes):
     with pytest.raises(ConfigError, match="isolated"):
         align_components(two_scenes["a"], CFG, isolated="drop")  # type: ignore[arg-type]
+
+
+# ------------------------------------------------------------------------------------------------- CLI
+@pytest.fixture()
+def _restore_logging():
+    lg = logging.getLogger("sparsega")
+    saved = (lg.propagate, lg.level, list(lg.handlers))
+    yield
+    lg.propagate, lg.level = saved[0], saved[1]
+    for h in list(lg.handlers):
+        if h not in saved[2]:
+            lg.removeHandler(h)
+
+
+def test_align_cache_writes_one_folder_per_component(two_scenes, tmp_path, capsys, _restore_logging):
+    """naver cache of the two scenes + the isolated image: OUT/component_0 (4 views), OUT/component_1 (3 views),
+    a top-level report saying which images went where and that im7 is unregistered."""
+    import json
+
+    from PIL import Image
+
+    from sparsega import cli
+    from sparsega.interop import write_mast3r_cache
+
+    paths = []
+    for k, im in enumerate(two_scenes["images"]):
+        p = tmp_path / f"im{k}.png"
+        Image.fromarray(np.asarray(im, np.uint8)).save(p)
+        paths.append(str(p))
+    write_mast3r_cache(tmp_path / "cache", paths, two_scenes["preds"])
+    out = tmp_path / "out"
+    rc = cli.main(["align-cache", str(tmp_path / "cache"), "--images", *paths, "--image-size", "64", "-o", str(out),
+                   "--niter1", "40", "--niter2", "40", "--quiet", "--json"])
+    cap = capsys.readouterr()
+    assert rc == 0, cap.err
+    assert "unregistered" in cap.err and "im7.png" in cap.err
+    summary = json.loads(cap.out)
+    assert [c["folder"] for c in summary["components"]] == ["component_0", "component_1"]
+    report = json.loads((out / "report.json").read_text())
+    assert [c["image_indices"] for c in report["components"]] == [[0, 1, 2, 3], [4, 5, 6]]
+    assert report["components"][1]["images"] == paths[4:7] and report["unregistered"] == [paths[7]]
+    for k, n in ((0, 4), (1, 3)):
+        sub = out / f"component_{k}"
+        for entry in ("scene/scene.npz", "points.ply", "cameras.json", "colmap/sparse/0/images.bin", "report.json"):
+            assert (sub / entry).exists(), (k, entry)
+        cams = json.loads((sub / "cameras.json").read_text())["images"]
+        assert len(cams) == n
+    assert sorted(p.name for p in out.iterdir()) == ["component_0", "component_1", "report.json"]
+    # the component is the alignment of its scene alone (same predictions, same config)
+    from sparsega.scene import Scene
+
+    got = Scene.load(out / "component_1" / "scene")
+    np.testing.assert_allclose(got.cam2w, align(two_scenes["b"], CFG).cam2w, atol=1e-6)

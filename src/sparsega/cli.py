@@ -410,6 +410,63 @@ def write_output(scene: Any, args: argparse.Namespace, command: str, timings: di
             "counts": report["counts"], "timings_s": report["timings_s"], "metrics": metrics}
 
 
+
+def align_or_split(preds: Sequence[Any], cfg: AlignConfig, **kw: Any) -> tuple[Any, Any]:
+    """``(scene, None)`` when the match graph is connected, else ``(None, ComponentResult)`` with one Scene per
+    component of >= 2 views (see :mod:`sparsega.components`: pairs without any match do not link)."""
+    from .alignment import align
+    from .components import align_components, split_components
+
+    if split_components(list(preds), kw.get("n_images")).connected:
+        return align(preds, cfg, **kw), None
+    return None, align_components(list(preds), cfg, **kw)
+
+
+def write_components(result: Any, args: argparse.Namespace, command: str, timings: dict[str, float],
+                     image_paths: Sequence[str], metrics_fn: Any = None, extra: dict[str, Any] | None = None,
+                     extra_files: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The match graph split: write component k into ``OUT/component_k/`` (every export + its report.json) and a
+    top-level ``report.json`` saying which images went where (and which are unregistered), atomically.
+    ``metrics_fn(scene) -> dict | None`` evaluates one component."""
+    from . import __version__
+    from .export import export_to, staged_dir
+
+    out = Path(args.output)
+    min_conf = _min_conf(args)
+    t0 = time.perf_counter()
+    comps: list[dict[str, Any]] = []
+    unregistered = [str(image_paths[i]) for i in result.unregistered]
+    with staged_dir(out, overwrite=args.overwrite) as tmp:
+        for _name, fn in (extra_files or {}).items():
+            fn(tmp)
+        for k, scene in enumerate(result.scenes):
+            name = f"component_{k}"
+            idx = [int(i) for i in scene.info["component_images"]]
+            metrics = metrics_fn(scene) if metrics_fn is not None and scene.n_images >= 2 else None
+            (tmp / name).mkdir()
+            export_t = export_to(scene, tmp / name, "all", min_conf=min_conf, base_dir=(out / name).resolve(),
+                                 progress=not (args.quiet or args.json))
+            entry = {"folder": name, "images": [str(image_paths[i]) for i in idx], "image_indices": idx,
+                     "counts": _counts(scene, min_conf), "metrics": metrics}
+            _write_json(tmp / name / "report.json", {
+                "sparsega_version": __version__, "command": command, "component": k, **entry,
+                "config": scene.info.get("config"), "losses": scene.info.get("stages"),
+                "timings_s": {"align": scene.info.get("timings_s"), "export_per_format": export_t},
+                "min_conf": min_conf})
+            comps.append(entry)
+        timings = {**timings, "export": time.perf_counter() - t0}
+        _write_json(tmp / "report.json", {
+            "sparsega_version": __version__, "command": command, "argv": list(getattr(args, "_argv", [])),
+            "output": str(out), "timings_s": timings, "components": comps, "unregistered": unregistered,
+            "min_conf": min_conf, **(extra or {})})
+    log.warning("the images split into %d reconstruction(s), written to %s; %d unregistered image(s)%s",
+                len(comps), ", ".join(str(out / c["folder"]) for c in comps), len(unregistered),
+                f": {', '.join(unregistered)}" if unregistered else "")
+    return {"command": command, "output": str(out), "report": str(out / "report.json"),
+            "components": [{k: c[k] for k in ("folder", "images", "counts", "metrics")} for c in comps],
+            "unregistered": unregistered, "timings_s": timings}
+
+
 # ------------------------------------------------------------------------------------------------- commands
 def cmd_demo(args: argparse.Namespace) -> int:
     """Synthetic scene -> simulated predictions -> alignment -> metrics table -> output folder."""
@@ -427,7 +484,6 @@ def cmd_demo(args: argparse.Namespace) -> int:
     out = _check_output(args)
     from . import metrics as metrics_mod
     from . import synthetic
-    from .alignment import align
 
     t = {}
     t0 = time.perf_counter()
@@ -438,13 +494,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
     t["simulate_predictions"] = time.perf_counter() - t1
     names = [f"view_{k:03d}.png" for k in range(args.n_views)]
     final = out.resolve()
+    paths = [str(final / "images" / n) for n in names]
     t2 = time.perf_counter()
-    scene = align(preds, cfg, images=gt.images, image_paths=[str(final / "images" / n) for n in names])
+    scene, split = align_or_split(preds, cfg, images=gt.images, image_paths=paths)
     t["align"] = time.perf_counter() - t2
-    gt_focals = np.asarray(gt.intrinsics)[:, 0, 0]
-    metrics = metrics_mod.camera_metrics(scene.cam2w.astype(np.float64), np.asarray(gt.cam2w, np.float64),
-                                         scene.focals.astype(np.float64), gt_focals, float(gt.extent))
-    metrics = clean_metrics(metrics)
 
     def write_images(folder: Path) -> None:
         (folder / "images").mkdir()
@@ -455,11 +508,21 @@ def cmd_demo(args: argparse.Namespace) -> int:
             for n, c, K in zip(names, gt.cam2w, gt.intrinsics)]}
         _write_json(folder / "ground_truth.json", gt_doc)
 
-    summary = write_output(scene, args, "demo", t, metrics,
-                           extra={"demo": {"kind": args.kind, "n_views": args.n_views, "seed": args.seed,
-                                           "height": args.height, "width": args.width, "scene_graph": graph,
-                                           "extent": float(gt.extent)}},
-                           extra_files={"images": write_images})
+    def scene_metrics(sc: Any, idx: Any = slice(None)) -> dict[str, Any]:
+        return clean_metrics(metrics_mod.camera_metrics(
+            sc.cam2w.astype(np.float64), np.asarray(gt.cam2w, np.float64)[idx], sc.focals.astype(np.float64),
+            np.asarray(gt.intrinsics)[idx, 0, 0], float(gt.extent)))
+
+    demo_info = {"demo": {"kind": args.kind, "n_views": args.n_views, "seed": args.seed, "height": args.height,
+                          "width": args.width, "scene_graph": graph, "extent": float(gt.extent)}}
+    if split is not None:
+        summary = write_components(split, args, "demo", t, paths,
+                                   metrics_fn=lambda sc: scene_metrics(sc, sc.info["component_images"]),
+                                   extra=demo_info, extra_files={"images": write_images})
+        _emit(args, summary)
+        return 0
+    metrics = scene_metrics(scene)
+    summary = write_output(scene, args, "demo", t, metrics, extra=demo_info, extra_files={"images": write_images})
     if not args.json:
         print(f"sparsega demo: {args.kind}, {args.n_views} views {args.width}x{args.height}, seed {args.seed}, "
               f"scene graph {graph}")
@@ -506,7 +569,6 @@ def cmd_align_cache(args: argparse.Namespace) -> int:
     cache = Path(args.cache_dir)
     if not cache.is_dir():
         raise InputError(f"{cache}: cache folder not found")
-    from .alignment import align
     from .images import collect_image_paths, load_images
     from .interop import read_mast3r_cache
 
@@ -522,9 +584,21 @@ def cmd_align_cache(args: argparse.Namespace) -> int:
     preds = read_mast3r_cache(cache, paths, subsample=cfg.subsample)
     t["read_cache"] = time.perf_counter() - t1
     t2 = time.perf_counter()
-    scene = align(preds, cfg, images=[li.rgb for li in loaded], image_paths=paths, n_images=len(paths))
+    scene, split = align_or_split(preds, cfg, images=[li.rgb for li in loaded], image_paths=paths,
+                                  n_images=len(paths))
     t["align"] = time.perf_counter() - t2
-    scene.net_to_orig = np.stack([li.intrinsics_to_original(np.eye(3)) for li in loaded])
+    net_to_orig = np.stack([li.intrinsics_to_original(np.eye(3)) for li in loaded])
+    if split is not None:
+        for sc in split.scenes:
+            idx = sc.info["component_images"]
+            sc.net_to_orig = net_to_orig[idx]
+            sc.info["original_sizes"] = [list(loaded[i].original_size) for i in idx]
+        summary = write_components(split, args, "align-cache", t, paths,
+                                   metrics_fn=(lambda sc: evaluate_scene(sc, gt)) if gt is not None else None,
+                                   extra={"cache_dir": str(cache), "images": paths})
+        _emit(args, summary)
+        return 0
+    scene.net_to_orig = net_to_orig
     scene.info["original_sizes"] = [list(li.original_size) for li in loaded]
     metrics = evaluate_scene(scene, gt) if gt is not None else None
     summary = write_output(scene, args, "align-cache", t, metrics, extra={"cache_dir": str(cache),
