@@ -354,3 +354,41 @@ def test_disconnected_graph_error_lists_groups(orbit):
     assert "\n" not in str(err.value)
     with pytest.raises(GraphError, match=r"\[3\]"):
         align([by_pair[(0, 1)], by_pair[(0, 2)]], CFG, n_images=4)
+
+
+# ---------------------------------------------------------------------------- loading never runs code
+# load_checkpoint: test_checkpoint.py::test_malicious_pickles_are_refused_not_run; cache entries:
+# test_cache.py::test_pickle_in_place_of_entry_is_never_executed; naver cache:
+# test_interop.py::test_unsafe_file_refused. Here: a saved scene (the input of export / eval / view).
+class _Evil:
+    """Unpickling this object would create ``marker``."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple:
+        return (Path.touch, (self.marker,))
+
+
+def test_pickle_in_saved_scene_is_never_executed(tmp_path, capsys):
+    from _scenes import plane_scene
+
+    from sparsega.scene import Scene
+
+    marker = tmp_path / "PWNED"
+    folder = tmp_path / "out"
+    plane_scene().save(folder / "scene")
+    npz = folder / "scene" / "scene.npz"
+    with np.load(npz) as data:
+        arrays = {k: data[k] for k in data.files}
+    arrays["cam2w"] = np.array([_Evil(marker)], dtype=object)
+    np.savez(npz, **arrays)
+    with np.load(npz, allow_pickle=True) as data:  # sanity: a free load would run the payload
+        data["cam2w"]
+    assert marker.exists()
+    marker.unlink()
+    with pytest.raises((InputError, ValueError)):
+        Scene.load(folder / "scene")
+    rc, _, err = _main(capsys, "export", folder, "-o", tmp_path / "re", "--format", "ply")
+    assert rc in (1, 2) and "Traceback" not in err
+    assert not marker.exists() and not (tmp_path / "re").exists()
