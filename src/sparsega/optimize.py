@@ -225,6 +225,9 @@ class AlignProblem:
     root: int
     edges: np.ndarray
     mean_confs: Tensor = field(default_factory=lambda: torch.zeros(0))
+    init_R: Tensor | None = None
+    init_C: Tensor | None = None
+    init_log_sizes: Tensor | None = None
 
     @property
     def n_images(self) -> int:
@@ -306,6 +309,11 @@ class SparseAligner:
         else:
             self.pps = pps_norm.clone()
             self.log_focals = problem.base_focals.log().clone()
+
+        # chained pairwise poses (pose_init="procrustes"); the reference starts from identity
+        if config.pose_init == "procrustes" and problem.init_R is not None:
+            self.log_sizes.copy_(problem.init_log_sizes)
+            self.set_absolute_poses(problem.init_R, problem.init_C * (1 / self.log_sizes.exp().min()))
 
         # known cameras (see sparsega.known): intrinsics gradient mask (1 = free), fixed poses, pose priors
         self.intr_grad_mask: Tensor | None = None

@@ -32,6 +32,7 @@ KINEMATIC_MODES = (
 LR_SCHEDULES = ("cosine", "linear")
 DTYPES = ("float32", "float64")
 OPTIMIZERS = ("adam",)
+POSE_INITS = ("procrustes", "identity")
 
 
 @dataclass
@@ -148,6 +149,7 @@ class AlignConfig:
     device: str = "cpu"
     dtype: str = "float32"
     optimizer: str = "adam"
+    pose_init: str = "procrustes"
     # known cameras (see sparsega.align): None = "True when given"
     fix_intrinsics: bool | None = None
     fix_poses: bool | None = None
@@ -184,6 +186,7 @@ class AlignConfig:
             "lr_schedule": LR_SCHEDULES,
             "dtype": DTYPES,
             "optimizer": OPTIMIZERS,
+            "pose_init": POSE_INITS,
         }
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
