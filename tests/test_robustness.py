@@ -392,3 +392,85 @@ def test_pickle_in_saved_scene_is_never_executed(tmp_path, capsys):
     rc, _, err = _main(capsys, "export", folder, "-o", tmp_path / "re", "--format", "ply")
     assert rc in (1, 2) and "Traceback" not in err
     assert not marker.exists() and not (tmp_path / "re").exists()
+
+
+# ------------------------------------------------------------- through the network (needs sparsega.pipeline)
+# These run the whole `reconstruct` command on the tiny random-weight checkpoint with 64-pixel images. They are
+# expected failures (not run) while the pipeline module is missing, and run as soon as it exists.
+pipeline_cases = pytest.mark.xfail(not HAVE_PIPELINE, reason="sparsega.pipeline not written yet", run=False)
+E2E = ["-c", str(CKPT), "--image-size", "64", "--niter1", "10", "--niter2", "10", "--quiet"]
+
+
+def _png(path: Path, arr: np.ndarray, mode: str | None = None) -> str:
+    Image.fromarray(arr, mode=mode).save(path) if mode else Image.fromarray(arr).save(path)
+    return str(path)
+
+
+@pipeline_cases
+@pytest.mark.parametrize("name", ["text.png", "trunc.jpg", "zero.jpg", "tiny.png", "trunc.pth", "not_a_ckpt.pth",
+                                  "missing_keys.pth"])
+def test_bad_file_through_reconstruct(capsys, files, tmp_path, name):
+    out = tmp_path / "out"
+    if name.endswith(".pth"):
+        argv = ["reconstruct", files / "a.jpg", files / "b.png", "-o", out, *E2E]
+        argv[argv.index("-c") + 1] = str(files / name)
+    else:
+        argv = ["reconstruct", files / "a.jpg", files / name, "-o", out, *E2E]
+    rc, _, err = _main(capsys, *argv)
+    _error_line(rc, err, name)
+    assert not out.exists()
+
+
+@pipeline_cases
+def test_16bit_gray_rgba_mixed_orientation_and_duplicates_work(capsys, tmp_path):
+    """16-bit, grayscale and RGBA files are converted; landscape and portrait mix; a path given twice is used
+    once with a warning."""
+    rng = np.random.default_rng(3)
+    base = _noise(48, 64, 7)
+    p16 = _png(tmp_path / "deep.png", (base[..., 0].astype(np.uint16) * 257), "I;16")
+    gray = _png(tmp_path / "gray.png", base[..., 1], "L")
+    rgba = _png(tmp_path / "rgba.png", np.dstack((base, rng.integers(0, 255, (48, 64), dtype=np.uint8))), "RGBA")
+    portrait = _png(tmp_path / "portrait.png", np.ascontiguousarray(base.transpose(1, 0, 2)))
+    out = tmp_path / "out"
+    rc, _, err = _main(capsys, "reconstruct", p16, gray, rgba, portrait, gray, "-o", out, "--json", *E2E)
+    assert rc == 0, err
+    assert "given twice" in err
+    report = json.loads((out / "report.json").read_text())
+    assert report["counts"]["n_images"] == 4
+    cams = json.loads((out / "cameras.json").read_text())["images"]
+    assert [(c["width"], c["height"]) for c in cams] == [(64, 48), (64, 48), (64, 48), (48, 64)]
+
+
+@pipeline_cases
+def test_single_image_is_paired_with_itself(capsys, files, tmp_path):
+    out = tmp_path / "out"
+    rc, _, err = _main(capsys, "reconstruct", files / "a.jpg", "-o", out, *E2E)
+    assert rc == 0, err
+    report = json.loads((out / "report.json").read_text())
+    assert report["counts"]["n_images"] == 1
+
+
+@pipeline_cases
+def test_same_content_under_two_names_works(capsys, files, tmp_path):
+    import shutil
+
+    shutil.copy(files / "a.jpg", tmp_path / "copy.jpg")
+    out = tmp_path / "out"
+    rc, _, err = _main(capsys, "reconstruct", files / "a.jpg", tmp_path / "copy.jpg", files / "b.png", "-o", out,
+                       *E2E)
+    assert rc == 0, err
+
+
+@pipeline_cases
+def test_dust3r_checkpoint_works_or_is_a_clear_error(capsys, files, tmp_path):
+    """DUSt3R has no descriptors: the pipeline either matches in 3D (works) or says so in one line."""
+    out = tmp_path / "out"
+    argv = ["reconstruct", files / "a.jpg", files / "b.png", "-o", out, *E2E]
+    argv[argv.index("-c") + 1] = str(GOLDEN / "dust3r_tiny.pth")
+    rc, _, err = _main(capsys, *argv)
+    if rc == 0:
+        assert (out / "report.json").is_file()
+    else:
+        line = _error_line(rc, err).lower()
+        assert "dust3r" in line or "descriptor" in line, line
+        assert not out.exists()
