@@ -48,37 +48,78 @@ class CanonicalData:
     core_depth: np.ndarray
 
 
-def _check_predictions(predictions: Sequence[PairPrediction], n_images: int | None) -> tuple[list[PairPrediction], int]:
-    if not isinstance(predictions, (list, tuple)) or not predictions:
-        raise InputError("no pair predictions to align")
-    seen: set[tuple[int, int]] = set()
-    kept: list[PairPrediction] = []
-    for p in predictions:
-        if not isinstance(p, PairPrediction):
-            raise InputError(f"expected PairPrediction, got {type(p).__name__}")
-        p.validate()
-        if p.i < 0 or p.j < 0:
-            raise InputError(f"pair ({p.i}, {p.j}): negative image index")
-        key = (min(p.i, p.j), max(p.i, p.j))
-        if key in seen:
-            log.warning("pair (%d, %d) given twice: keeping the first", *key)
-            continue
-        seen.add(key)
-        kept.append(p if p.i <= p.j else p.swapped())
-    n = max(max(p.i, p.j) for p in kept) + 1
-    if n_images is not None:
-        if n_images < n:
-            raise InputError(f"n_images={n_images} but predictions reference image {n - 1}")
-        n = n_images
-    shapes: dict[int, tuple[int, int]] = {}
-    for p in kept:
-        for idx, shp in ((p.i, p.shape1), (p.j, p.shape2)):
-            if shapes.setdefault(idx, shp) != shp:
-                raise InputError(f"image {idx} has shape {shapes[idx]} in one pair and {shp} in pair ({p.i}, {p.j})")
-    missing = [k for k in range(n) if k not in shapes]
-    if missing:
-        raise GraphError(f"images {missing} appear in no pair: they cannot be registered")
-    return kept, n
+@dataclass
+class _PairMeta:
+    """The light part of a prediction, kept for the whole alignment (the pointmaps are re-loaded on demand)."""
+
+    src: int
+    flip: bool
+    i: int
+    j: int
+    shape1: tuple[int, int]
+    shape2: tuple[int, int]
+    xy1: np.ndarray
+    xy2: np.ndarray
+    match_conf: np.ndarray
+
+
+class _Pairs:
+    """Deduplicated, oriented (i <= j) view of a prediction sequence that never holds the pointmaps.
+
+    ``predictions`` may be any sequence, including a lazy one that loads each pair from disk (or simulates it) on
+    ``__getitem__``: alignment then streams, holding the full-resolution maps of one image's pairs at a time.
+    """
+
+    def __init__(self, predictions: Sequence[PairPrediction], n_images: int | None) -> None:
+        try:
+            count = len(predictions)
+        except TypeError:
+            raise InputError("predictions must be a sequence of PairPrediction") from None
+        if count == 0:
+            raise InputError("no pair predictions to align")
+        self.src = predictions
+        seen: set[tuple[int, int]] = set()
+        self.meta: list[_PairMeta] = []
+        for k in range(count):
+            p = predictions[k]
+            if not isinstance(p, PairPrediction):
+                raise InputError(f"expected PairPrediction, got {type(p).__name__}")
+            p.validate()
+            if p.i < 0 or p.j < 0:
+                raise InputError(f"pair ({p.i}, {p.j}): negative image index")
+            key = (min(p.i, p.j), max(p.i, p.j))
+            if key in seen:
+                log.warning("pair (%d, %d) given twice: keeping the first", *key)
+                continue
+            seen.add(key)
+            flip = p.i > p.j
+            q = p.swapped() if flip else p
+            self.meta.append(_PairMeta(k, flip, q.i, q.j, q.shape1, q.shape2, np.asarray(q.xy1),
+                                       np.asarray(q.xy2), np.asarray(q.match_conf)))
+        n = max(max(m.i, m.j) for m in self.meta) + 1
+        if n_images is not None:
+            if n_images < n:
+                raise InputError(f"n_images={n_images} but predictions reference image {n - 1}")
+            n = n_images
+        self.n = n
+        shapes: dict[int, tuple[int, int]] = {}
+        for m in self.meta:
+            for idx, shp in ((m.i, m.shape1), (m.j, m.shape2)):
+                if shapes.setdefault(idx, shp) != shp:
+                    raise InputError(f"image {idx} has shape {shapes[idx]} in one pair and {shp} in pair "
+                                     f"({m.i}, {m.j})")
+        missing = [k for k in range(n) if k not in shapes]
+        if missing:
+            raise GraphError(f"images {missing} appear in no pair: they cannot be registered")
+        self.shapes = shapes
+
+    def __len__(self) -> int:
+        return len(self.meta)
+
+    def __getitem__(self, k: int) -> PairPrediction:
+        m = self.meta[k]
+        p = self.src[m.src]
+        return p.swapped() if m.flip else p
 
 
 def _sanitize(pts: np.ndarray, conf: np.ndarray, own_frame: bool, what: str) -> tuple[np.ndarray, np.ndarray]:
@@ -150,7 +191,7 @@ def _relative_pose(p: PairPrediction, core_a: np.ndarray, core_b: np.ndarray, su
     return R_ab, sig_a * t_ab, ratio
 
 
-def chain_pairwise_poses(preds: Sequence[PairPrediction], n: int, root: int, edges: np.ndarray,
+def chain_pairwise_poses(preds: "_Pairs", n: int, root: int, edges: np.ndarray,
                          cdata: list[CanonicalData], subsample: int, step: int = 4
                          ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Initial absolute poses and sizes by chaining pairwise relative poses (:func:`_relative_pose`) along the
@@ -161,12 +202,12 @@ def chain_pairwise_poses(preds: Sequence[PairPrediction], n: int, root: int, edg
     from scipy.sparse import csr_matrix
     from scipy.sparse.csgraph import breadth_first_order
 
-    by_pair = {(p.i, p.j): p for p in preds if p.i != p.j}
+    by_pair = {(m.i, m.j): k for k, m in enumerate(preds.meta) if m.i != m.j}
     cache: dict[tuple[int, int], tuple[np.ndarray, np.ndarray, float]] = {}
 
     def rel(a: int, b: int) -> tuple[np.ndarray, np.ndarray, float]:
         if (a, b) not in cache:
-            p = by_pair.get((a, b)) or by_pair[(b, a)].swapped()
+            p = preds[by_pair[a, b]] if (a, b) in by_pair else preds[by_pair[b, a]].swapped()
             cache[a, b] = _relative_pose(p, cdata[a].core_depth, cdata[b].core_depth, subsample, step)
         return cache[a, b]
 
@@ -201,14 +242,13 @@ def chain_pairwise_poses(preds: Sequence[PairPrediction], n: int, root: int, edg
 def build_problem(predictions: Sequence[PairPrediction], config: AlignConfig, n_images: int | None = None
                   ) -> tuple[AlignProblem, list[CanonicalData], dict[str, Any]]:
     """Turn predictions into the flat :class:`AlignProblem` (plus per-image canonical data for densification)."""
-    preds, n = _check_predictions(predictions, n_images)
+    preds = _Pairs(predictions, n_images)
+    n, shapes, meta = preds.n, preds.shapes, preds.meta
     s = config.subsample
     dev, dt = torch.device(config.device), config.torch_dtype
 
-    shapes: dict[int, tuple[int, int]] = {}
     own: dict[int, list[tuple[int, str]]] = {k: [] for k in range(n)}  # image -> [(pred idx, which)]
-    for k, p in enumerate(preds):
-        shapes[p.i], shapes[p.j] = p.shape1, p.shape2
+    for k, p in enumerate(meta):
         own[p.i].append((k, "11"))
         if p.j != p.i:
             own[p.j].append((k, "22"))
@@ -219,8 +259,8 @@ def build_problem(predictions: Sequence[PairPrediction], config: AlignConfig, n_
     # matches: both sides in flat arrays; self-pairs (single image) carry no cross-view constraint
     pair_ok = np.zeros(len(preds), dtype=bool)
     sides_img, sides_xy, confs, pair_of = [], [], [], []
-    for k, p in enumerate(preds):
-        m = p.n_matches
+    for k, p in enumerate(meta):
+        m = len(p.match_conf)
         conf = np.asarray(p.match_conf, dtype=np.float32)
         if m and not np.isfinite(conf).all():
             log.warning("pair (%d, %d): non-finite match confidences dropped", p.i, p.j)
@@ -235,11 +275,14 @@ def build_problem(predictions: Sequence[PairPrediction], config: AlignConfig, n_
     m_pair = np.concatenate(pair_of).astype(np.int64)
     order = np.argsort(~pair_ok[m_pair], kind="stable")  # trusted matches first (the losses use a slice)
     m_pair = m_pair[order]
-    m_img = np.concatenate(sides_img, axis=1).astype(np.int64)[:, order]
-    m_xy = np.concatenate(sides_xy, axis=1).astype(np.int64)[:, order]
+    m_img = np.ascontiguousarray(np.concatenate(sides_img, axis=1).astype(np.int64)[:, order])
+    m_xy = np.ascontiguousarray(np.concatenate(sides_xy, axis=1).astype(np.int64)[:, order])
     m_conf = np.concatenate(confs)[order]
-    m_anchor = np.zeros_like(m_img)
+    m_anchor = np.zeros(m_img.shape, dtype=np.int64)  # C order: filled through flat views below
     m_off = np.zeros(m_img.shape, dtype=np.float32)
+    side_order = np.argsort(m_img.reshape(-1), kind="stable")  # match sides grouped by image
+    side_ptr = np.searchsorted(m_img.reshape(-1)[side_order], np.arange(n + 1))
+    m_xy_flat = m_xy.reshape(-1, 2)
 
     # canonical views, one image at a time
     anchor_base = np.zeros(n + 1, dtype=np.int64)
@@ -271,19 +314,20 @@ def build_problem(predictions: Sequence[PairPrediction], config: AlignConfig, n_
         cdata.append(CanonicalData(canon2_np, cconf.numpy().astype(np.float32), focal, core))
         base_focals[k] = focal
         mean_confs[k] = float(cconf.mean())
-        sel = m_img == k
-        if sel.any():
-            idx, off = canonical.anchor_depth_offsets(canon2, torch.from_numpy(m_xy[sel]), subsample=s)
-            m_anchor[sel] = idx.numpy() + anchor_base[k]
-            m_off[sel] = off.numpy()
+        sel = side_order[side_ptr[k] : side_ptr[k + 1]]  # flat (side * M + match) positions of image k
+        if len(sel):
+            idx, off = canonical.anchor_depth_offsets(canon2, torch.from_numpy(m_xy_flat[sel]), subsample=s)
+            m_anchor.reshape(-1)[sel] = idx.numpy() + anchor_base[k]
+            m_off.reshape(-1)[sel] = off.numpy()
 
     # fallback targets at anchor resolution for pairs whose matching is not trusted
     fb_anchor, fb_ref, fb_target, fb_conf = [], [], [], []
     n_fallback = 0
-    for k, p in enumerate(preds):
-        if pair_ok[k] or p.i == p.j:
+    for k, pm in enumerate(meta):
+        if pair_ok[k] or pm.i == pm.j:
             continue
         n_fallback += 1
+        p = preds[k]
         for a, b, pts_ab, conf_ab, (h, w) in ((p.i, p.j, p.pts12, p.conf12, p.shape1),
                                               (p.j, p.i, p.pts21, p.conf21, p.shape2)):
             axy = _anchor_pixels(h, w, s)
@@ -303,10 +347,11 @@ def build_problem(predictions: Sequence[PairPrediction], config: AlignConfig, n_
 
     # kinematic tree over the match-count graph
     scores = np.zeros((n, n), dtype=np.float32)
-    for k, p in enumerate(preds):
+    counts = np.bincount(m_pair, minlength=len(meta))
+    for k, p in enumerate(meta):
         if p.i == p.j:
             continue
-        cnt = float((m_pair == k).sum())
+        cnt = float(counts[k])
         scores[p.i, p.j] = scores[p.j, p.i] = cnt if cnt > 0 else ZERO_MATCH_SCORE
     imsizes_wh = np.array([(shapes[k][1], shapes[k][0]) for k in range(n)], dtype=np.int64)
     if n == 1:
@@ -352,7 +397,7 @@ def build_problem(predictions: Sequence[PairPrediction], config: AlignConfig, n_
         "n_images": n, "n_pairs": len(preds), "n_matches": int(m_conf.shape[0]),
         "n_fallback_pairs": n_fallback, "n_anchors": int(anchor_base[-1]),
         "kinematic_root": root, "kinematic_edges": edges.tolist(),
-        "pairs": [[p.i, p.j] for p in preds],
+        "pairs": [[p.i, p.j] for p in meta],
     }
     return problem, cdata, stats
 
