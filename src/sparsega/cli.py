@@ -20,7 +20,7 @@ import time
 import traceback
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -152,9 +152,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # --------------------------------------------------------------------------------------------------- helpers
-def _setup_logging(args: argparse.Namespace) -> None:
+def _setup_logging(args: argparse.Namespace) -> Callable[[], None]:
+    """Route the package's logs to stderr for this command; returns a function restoring the previous state
+    (``main`` may be called in-process, e.g. by tests)."""
     level = logging.DEBUG if args.debug else logging.WARNING if (args.quiet or args.json) else logging.INFO
     root = logging.getLogger("sparsega")
+    saved = (list(root.handlers), root.level, root.propagate)
     for h in list(root.handlers):
         if getattr(h, "_sparsega_cli", False):
             root.removeHandler(h)
@@ -165,6 +168,13 @@ def _setup_logging(args: argparse.Namespace) -> None:
     root.addHandler(handler)
     root.setLevel(level)
     root.propagate = False
+
+    def restore() -> None:
+        root.handlers[:] = saved[0]
+        root.setLevel(saved[1])
+        root.propagate = saved[2]
+
+    return restore
 
 
 def align_config(args: argparse.Namespace) -> tuple[AlignConfig, dict[str, Any]]:
@@ -684,7 +694,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as e:  # --help / --version
         return int(e.code or 0) if isinstance(e.code, int) or e.code is None else 2
     args._argv = argv
-    _setup_logging(args)
+    restore_logging = _setup_logging(args)
     try:
         return int(args.func(args) or 0)
     except SparsegaError as e:
@@ -701,6 +711,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stderr.write(f"{PROG}: internal error: {type(e).__name__}: {_one_line(e)}"
                          f"{'' if debug else ' (run again with --debug for the traceback)'}\n")
         return 1
+    finally:
+        restore_logging()
 
 
 if __name__ == "__main__":

@@ -192,17 +192,20 @@ class Scene:
             raise InputError(f"{path}: corrupt saved scene ({e})") from None
         if meta.get("format") != SCENE_FORMAT:
             raise InputError(f"{path}: unsupported scene format {meta.get('format')!r}")
-        n = int(meta["n_images"])
-        with data:
-            return cls(
-                cam2w=data["cam2w"], intrinsics=data["intrinsics"],
-                depthmaps=[data[f"depth_{i}"] for i in range(n)],
-                confidences=[data[f"conf_{i}"] for i in range(n)],
-                images=[data[f"image_{i}"] for i in range(n)],
-                image_paths=list(meta["image_paths"]),
-                sparse_xy=[data[f"sparse_xy_{i}"] for i in range(n)],
-                net_to_orig=data["net_to_orig"], info=meta.get("info", {}),
-            )
+        try:
+            n = int(meta["n_images"])
+            with data:
+                return cls(
+                    cam2w=data["cam2w"], intrinsics=data["intrinsics"],
+                    depthmaps=[data[f"depth_{i}"] for i in range(n)],
+                    confidences=[data[f"conf_{i}"] for i in range(n)],
+                    images=[data[f"image_{i}"] for i in range(n)],
+                    image_paths=list(meta["image_paths"]),
+                    sparse_xy=[data[f"sparse_xy_{i}"] for i in range(n)],
+                    net_to_orig=data["net_to_orig"], info=meta.get("info", {}),
+                )
+        except (KeyError, ValueError, TypeError) as e:
+            raise InputError(f"{path}: corrupt saved scene ({type(e).__name__}: {e})") from None
 
 
 def _json_default(o: Any) -> Any:
