@@ -309,3 +309,18 @@ def test_benchmark_scale() -> None:
     t_sim = time.process_time() - t0
     assert len(preds) == 640
     assert t_render < 4.0 and t_sim < 30.0, (t_render, t_sim)
+
+
+def test_lazy_predictions_equal_eager():
+    from sparsega import synthetic as syn
+
+    sc = syn.make_scene("walk", 6, 96, 128, seed=2)
+    pairs = [[0, 1], [1, 2], [2, 0], [3, 5], [1, 0]]
+    eager = syn.simulate_predictions(sc, pairs, seed=3)
+    lazy = syn.LazyPredictions(sc, pairs, seed=3)
+    assert len(lazy) == len(eager) == 4
+    for k, p in enumerate(eager):
+        q = lazy[k]
+        assert (p.i, p.j) == (q.i, q.j)
+        for f in ("pts11", "pts21", "pts22", "pts12", "conf11", "conf22", "xy1", "xy2", "match_conf"):
+            assert np.array_equal(getattr(p, f), getattr(q, f)), f

@@ -916,7 +916,42 @@ def simulate_predictions(scene: SyntheticScene, pairs: np.ndarray | Sequence[Seq
     return [_simulate_pair(scene, cache, a, b, sim, seed, bank) for a, b in todo]
 
 
+class LazyPredictions(Sequence[PairPrediction]):
+    """The predictions of :func:`simulate_predictions`, computed on access instead of all held in memory.
+
+    Identical values (each pair has its own generator); used to benchmark alignment that streams its input,
+    as it would from an on-disk cache. Per-view helper data is computed once and kept (small next to the
+    pointmaps).
+    """
+
+    def __init__(self, scene: SyntheticScene, pairs: np.ndarray | Sequence[Sequence[int]],
+                 sim: SimConfig | None = None, seed: int = 0) -> None:
+        self.scene, self.sim, self.seed = scene, (sim if sim is not None else SimConfig()), seed
+        seen: set[tuple[int, int]] = set()
+        self.pairs: list[tuple[int, int]] = []
+        for a, b in np.asarray(pairs, dtype=np.int64).reshape(-1, 2).tolist():
+            if not (0 <= a < scene.n_views and 0 <= b < scene.n_views):
+                raise InputError(f"pairs: image index out of range 0..{scene.n_views - 1}")
+            key = (min(a, b), max(a, b))
+            if key not in seen:
+                seen.add(key)
+                self.pairs.append((a, b))
+        self._views: dict[int, Any] = {}
+        self._bank = _NoiseBank(seed, 3 * max(h * w for h, w in scene.shapes))
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def __getitem__(self, k: int) -> PairPrediction:  # type: ignore[override]
+        a, b = self.pairs[k]
+        for v in (a, b):
+            if v not in self._views:
+                self._views[v] = _view_cache(self.scene, v, self.sim.subsample)
+        return _simulate_pair(self.scene, self._views, a, b, self.sim, self.seed, self._bank)
+
+
 __all__ = [
+    "LazyPredictions",
     "KINDS", "SceneSpec", "Geometry", "SyntheticScene", "SimConfig", "base_focal", "look_at", "make_scene",
     "scene_from_spec", "render_scene", "simulate_predictions",
 ]

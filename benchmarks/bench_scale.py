@@ -1,0 +1,76 @@
+"""Scale benchmark (issue 6): alignment of N views with streamed (lazily simulated) predictions.
+
+    python benchmarks/bench_scale.py --n 64 --traj walk                 # readable table
+    python benchmarks/bench_scale.py --n 1000 --traj orbit --json       # ONE JSON object on stdout
+    python benchmarks/bench_scale.py --n 256 --pose-init identity --kinematic-mode mst
+
+Predictions are simulated on access (``sparsega.synthetic.LazyPredictions``), as they would stream from the on-disk
+cache, so peak RSS reflects the aligner, not a list of all pairs' full-resolution maps. Not run by CI.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import time
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--n", type=int, default=64)
+    ap.add_argument("--traj", default="walk", choices=["walk", "orbit", "hemisphere"])
+    ap.add_argument("--graph", default="swin-3")
+    ap.add_argument("--size", type=int, nargs=2, default=None, help="H W (default 192 256, 96 128 for N > 256)")
+    ap.add_argument("--optimizer", default="adam", choices=["adam"])
+    ap.add_argument("--pose-init", default="procrustes", choices=["procrustes", "identity"])
+    ap.add_argument("--kinematic-mode", default="hclust-ward")
+    ap.add_argument("--niter", type=int, nargs=2, default=[300, 300])
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch default)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args()
+
+    import numpy as np
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    from sparsega import align, metrics, synthetic
+    from sparsega.pairs import make_pairs, unique_pairs
+
+    h, w = args.size or ((192, 256) if args.n <= 256 else (96, 128))
+    t0 = time.perf_counter()
+    sc = synthetic.make_scene(args.traj, n_views=args.n, height=h, width=w, seed=args.seed)
+    t_render = time.perf_counter() - t0
+    preds = synthetic.LazyPredictions(sc, unique_pairs(make_pairs(args.n, args.graph)), seed=args.seed)
+    t0 = time.perf_counter()
+    scene = align(preds, progress=not args.json, niter1=args.niter[0], niter2=args.niter[1], clean_depth=False,
+                  pose_init=args.pose_init, kinematic_mode=args.kinematic_mode, optimizer=args.optimizer)
+    wall = time.perf_counter() - t0
+    m = metrics.camera_metrics(scene.cam2w.astype(np.float64), sc.cam2w, scene.focals, sc.focals, sc.extent)
+    tim, st = scene.info["timings_s"], scene.info["stats"]
+    iters = sum(s["niter"] for s in scene.info["stages"])
+    opt_s = tim["stage 1 (3D)"] + tim.get("stage 2 (2D)", 0.0)
+    row = {
+        "n_views": args.n, "traj": args.traj, "graph": args.graph, "image_hw": [h, w], "n_pairs": st["n_pairs"],
+        "n_matches": st["n_matches"], "wall_s": round(wall, 2), "render_s": round(t_render, 2),
+        "stage_s": {k: round(v, 2) for k, v in tim.items()},
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "ms_per_iter": round(1000 * opt_s / max(iters, 1), 2),
+        "rot_err_med": round(float(m["rot_err_med"]), 4), "ate_rel": round(float(m["ate_rel"]), 5),
+        "rra5": round(float(m["rra5"]), 4), "focal_err_med": round(float(m["focal_err_med"]), 5),
+        "optimizer": args.optimizer, "pose_init": args.pose_init, "kinematic_mode": args.kinematic_mode,
+        "threads": torch.get_num_threads(), "machine": f"{platform.machine()} {os.cpu_count()} cores",
+    }
+    if args.json:
+        print(json.dumps(row))
+        return
+    for k, v in row.items():
+        print(f"{k:>16}: {v}")
+
+
+if __name__ == "__main__":
+    main()
