@@ -10,7 +10,7 @@ Semantics are the reference's (MASt3R ``fast_reciprocal_NNs`` / ``extract_corres
 
 Descriptor similarity is the dot product (descriptors are unit vectors); pointmaps (DUSt3R checkpoints, no
 descriptors) use the Euclidean distance through scipy's cKDTree. Nearest-neighbour searches over descriptors are
-blocked matrix products, so memory stays bounded (about 64 MB of similarities at a time) for 512x384 maps; ties go
+matrix products in cache-sized tiles (2 MB of similarities at a time on CPU), for any map size; ties go
 to the lowest index.
 
 Pixel coordinates are (x, y) = (column, row); flat indices are y * W + x.
@@ -18,8 +18,10 @@ Pixel coordinates are (x, y) = (column, row); flat indices are y * W + x.
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
@@ -30,7 +32,8 @@ from .errors import InputError
 logger = logging.getLogger(__name__)
 
 ArrayLike = np.ndarray | torch.Tensor
-_BLOCK_ELEMS = 2**24  # similarities computed at once (64 MB in float32)
+_BLOCK_ELEMS = 2**19  # similarities per tile on CPU (2 MB in float32: stays in cache)
+_Q_TILE = 256  # queries per tile on CPU
 
 
 def _to_tensor(x: ArrayLike, name: str, device: str | torch.device | None) -> torch.Tensor:
@@ -71,28 +74,71 @@ def _seeds(h: int, w: int, subsample: int) -> np.ndarray:
     return (ys[:, None] * w + xs[None, :]).ravel()
 
 
+@contextlib.contextmanager
+def _single_threaded_ops() -> Iterator[None]:
+    """Run torch ops single-threaded inside (restored after): the caller parallelises over Python threads instead.
+
+    Small tiles split across OpenMP threads wait on each other at every op; on a busy machine that costs more than
+    it gains (measured 4x slower), whereas independent Python threads (torch releases the GIL) degrade gracefully.
+    """
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(n)
+
+
 def _dot_nn(db: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
-    """Nearest neighbour by maximal dot product in `db` (N, D), for (Q, D) queries, blocked over both axes."""
+    """Nearest neighbour by maximal dot product in `db` (N, D), for (Q, D) queries; ties go to the lowest index.
+
+    Brute force in cache-sized tiles: a (q_tile, d_tile) block of similarities (2 MB in float32 on CPU) stays in
+    the cache between the matrix product and the row maxima, ~3.5x faster than large blocks whose similarities
+    round-trip through memory (the product has depth D = 24 only, so memory traffic dominates). Each tile's row
+    maxima go into a (n_tiles, q_tile) table; the argmax over tiles takes the first (lowest) tile on ties, and
+    ``max`` within a tile returns the first maximal index, so ties resolve to the lowest index overall. On CPU the
+    query tiles are spread over ``torch.get_num_threads()`` Python threads, each running single-threaded ops.
+    """
     n = db.shape[0]
+    db_t = db.T.contiguous()  # (D, N): column blocks for torch.mm
+    on_cpu = db.device.type == "cpu"
+
+    def nn_tiles(q: torch.Tensor, qt: int, d_tile: int) -> torch.Tensor:
+        """NN of the (Q, D) queries `q`, processed qt at a time."""
+        starts = list(range(0, n, d_tile))
+        out = torch.empty(q.shape[0], dtype=torch.int64, device=db.device)
+        vals = torch.empty(len(starts), qt, dtype=db.dtype, device=db.device)
+        idxs = torch.empty(len(starts), qt, dtype=torch.int64, device=db.device)
+        sim = torch.empty(qt, d_tile, dtype=db.dtype, device=db.device)
+        offsets = torch.tensor(starts, dtype=torch.int64, device=db.device)
+        for q0 in range(0, q.shape[0], qt):
+            qb = q[q0:q0 + qt].contiguous()
+            m = qb.shape[0]
+            for k, d0 in enumerate(starts):
+                w = min(d_tile, n - d0)
+                s = sim[:m, :w]
+                torch.mm(qb, db_t[:, d0:d0 + w], out=s)
+                torch.max(s, dim=1, out=(vals[k, :m], idxs[k, :m]))
+            best_tile = vals[:, :m].argmax(dim=0)  # first maximal tile
+            out[q0:q0 + m] = idxs[best_tile, torch.arange(m, device=db.device)] + offsets[best_tile]
+        return out
 
     def query(q: torch.Tensor) -> torch.Tensor:
-        out = torch.empty(q.shape[0], dtype=torch.int64, device=db.device)
-        if q.shape[0] == 0:
-            return out
-        q_block = min(q.shape[0], 4096)
-        d_block = max(1, _BLOCK_ELEMS // q_block)
-        for q0 in range(0, q.shape[0], q_block):
-            qb = q[q0:q0 + q_block]
-            best = torch.full((qb.shape[0],), -torch.inf, dtype=db.dtype, device=db.device)
-            arg = torch.zeros(qb.shape[0], dtype=torch.int64, device=db.device)
-            for d0 in range(0, n, d_block):
-                sim = qb @ db[d0:d0 + d_block].T
-                val, idx = sim.max(dim=1)
-                better = val > best  # strict: ties keep the earlier block
-                best = torch.where(better, val, best)
-                arg = torch.where(better, idx + d0, arg)
-            out[q0:q0 + q_block] = arg
-        return out
+        n_q = q.shape[0]
+        if n_q == 0:
+            return torch.empty(0, dtype=torch.int64, device=db.device)
+        elems = _BLOCK_ELEMS if on_cpu else _BLOCK_ELEMS * 32
+        qt = max(1, min(n_q, _Q_TILE if on_cpu else 4096, elems))
+        d_tile = min(n, max(1, elems // qt))
+        n_workers = min(torch.get_num_threads(), -(-n_q // qt)) if on_cpu else 1
+        if n_workers <= 1:
+            return nn_tiles(q, qt, d_tile)
+        # contiguous chunks of whole query tiles, one per worker
+        per = -(-(-(-n_q // qt)) // n_workers) * qt
+        chunks = [q[c:c + per] for c in range(0, n_q, per)]
+        with _single_threaded_ops(), ThreadPoolExecutor(len(chunks)) as pool:
+            parts = list(pool.map(lambda c: nn_tiles(c, qt, d_tile), chunks))
+        return torch.cat(parts)
 
     return query
 
