@@ -35,7 +35,7 @@ DEMO_DEFAULTS = {"kind": "orbit", "n_views": 8, "height": 192, "width": 256, "se
 ALIGN_FLAGS: dict[str, Any] = {
     "subsample": int, "matching_conf_thr": float, "canonical_mode": str, "kinematic_mode": str,
     "niter1": int, "niter2": int, "lr1": float, "lr2": float, "shared_intrinsics": None,
-    "device": str, "dtype": str,
+    "device": str, "dtype": str, "fix_intrinsics": None, "fix_poses": None,
 }
 
 
@@ -82,6 +82,72 @@ def _align(p: argparse.ArgumentParser, scene_graph: bool = True) -> None:
     g.add_argument("--dtype", choices=DTYPES, help="optimisation precision (float32)")
 
 
+def _known(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("known cameras (names in the files are matched to image paths or file names)")
+    g.add_argument("--intrinsics", metavar="FILE",
+                   help="a COLMAP model folder, or a JSON {name: 3x3 K} in ORIGINAL pixels (pixel centres at "
+                        "integer coordinates)")
+    g.add_argument("--poses", metavar="FILE",
+                   help="known cam2w (OpenCV) for some or all images: a COLMAP model folder, cameras.json, "
+                        "transforms.json or a JSON {name: 4x4}")
+    g.add_argument("--fix-intrinsics", action=argparse.BooleanOptionalAction, default=None,
+                   help="keep given intrinsics fixed (default) or use them as initial values only")
+    g.add_argument("--fix-poses", action=argparse.BooleanOptionalAction, default=None,
+                   help="keep given poses fixed (default) or use them as soft priors")
+
+
+def load_intrinsics_file(path: str | os.PathLike) -> dict[str, np.ndarray]:
+    """Known intrinsics keyed by image name: ``{name: K (3, 3)}`` in original pixels, pixel centres at integer
+    coordinates. Reads a COLMAP model folder (whose principal points put the origin at the image corner, hence
+    the -0.5) or a JSON ``{name: K}`` / ``{name: {"K": K}}`` / our ``cameras.json``."""
+    p = Path(path)
+    if not p.exists():
+        raise InputError(f"{p}: no such intrinsics file or folder")
+    out: dict[str, np.ndarray] = {}
+    if p.is_dir():
+        import pycolmap
+
+        for cand in (p, p / "sparse" / "0", p / "sparse", p / "colmap" / "sparse" / "0"):
+            if (cand / "cameras.bin").is_file() or (cand / "cameras.txt").is_file():
+                break
+        else:
+            raise InputError(f"{p}: not a COLMAP model folder (no cameras.bin / cameras.txt)")
+        try:
+            rec = pycolmap.Reconstruction(str(cand))
+        except Exception as e:  # noqa: BLE001 - pycolmap raises various types
+            raise InputError(f"{cand}: cannot read COLMAP model ({_one_line(e)})") from None
+        for img in rec.images.values():
+            K = np.asarray(rec.cameras[img.camera_id].calibration_matrix(), np.float64).copy()
+            K[:2, 2] -= 0.5
+            out[img.name] = K
+        return out
+    try:
+        data = json.loads(p.read_text())
+        items = ([(it["name"], it["K"]) for it in data["images"]] if isinstance(data, dict)
+                 and isinstance(data.get("images"), list) else
+                 [(k, v["K"] if isinstance(v, dict) else v) for k, v in data.items()])
+        for name, K in items:
+            out[str(name)] = np.asarray(K, np.float64)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+        raise InputError(f"{p}: malformed intrinsics file ({type(e).__name__}: {e})") from None
+    return out
+
+
+def _by_image(table: dict[str, Any], paths: Sequence[str], what: str) -> dict[str, Any]:
+    """Re-key a {name: value} table by the image paths it refers to (exact path, file name or path suffix)."""
+    out: dict[str, Any] = {}
+    for name, value in table.items():
+        if name.startswith("__"):
+            continue
+        hits = [q for q in paths if q == name or Path(q).name == name or q.endswith("/" + name.lstrip("/"))]
+        if not hits:
+            raise InputError(f"{what}: unknown image name {name!r} (not among the inputs)")
+        if len(hits) > 1:
+            raise InputError(f"{what}: image name {name!r} matches several inputs")
+        out[hits[0]] = value
+    return out
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``sparsega`` argument parser (subcommands, shared flags)."""
     from . import __version__
@@ -107,8 +173,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders or glob patterns")
     p.add_argument("-c", "--checkpoint", required=True, metavar="PATH", help="MASt3R checkpoint (.pth)")
     p.add_argument("--cache-dir", metavar="DIR", help="cache network predictions here")
+    p.add_argument("--image-size", type=int, default=None, metavar="S",
+                   help="network image size (long side; default: the checkpoint's, 512)")
     _output(p)
     _align(p)
+    _known(p)
     _common(p)
     p.set_defaults(func=cmd_reconstruct)
 
@@ -561,6 +630,13 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
     kw: dict[str, Any] = dict(overrides)
     if args.cache_dir:
         kw["cache_dir"] = args.cache_dir
+    if args.image_size:
+        kw["size"] = args.image_size
+    if args.intrinsics:
+        kw["known_intrinsics"] = _by_image(load_intrinsics_file(args.intrinsics), paths, args.intrinsics)
+    if args.poses:
+        gt_poses = load_ground_truth(args.poses)
+        kw["known_poses"] = _by_image({k: v["cam2w"] for k, v in gt_poses.items()}, paths, args.poses)
     t0 = time.perf_counter()
     scene = reconstruct(paths, str(ckpt), scene_graph=graph, **kw)
     t = {"reconstruct": time.perf_counter() - t0}
