@@ -1,0 +1,195 @@
+"""run_pairs: encoder reuse, batching invariance, on-disk cache (hits, orientation, resume), option errors."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from sparsega.cache import CacheDir
+from sparsega.errors import ConfigError, InputError
+from sparsega.images import LoadedImage, load_images
+from sparsega.inference import run_pairs
+from sparsega.model import MASt3RNet, load_checkpoint
+from sparsega.pairs import make_pairs
+
+GOLDEN = Path(__file__).parent / "data" / "golden"
+ARRAYS = ("pts11", "conf11", "pts21", "conf21", "pts22", "conf22", "pts12", "conf12")
+
+
+def write_images(folder: Path, shapes: list[tuple[int, int]], seed: int = 0) -> list[str]:
+    """Smooth seeded RGB PNGs of the given (H, W) shapes; returns their paths."""
+    rng = np.random.default_rng(seed)
+    paths = []
+    for k, (h, w) in enumerate(shapes):
+        yy, xx = np.mgrid[0:h, 0:w] / max(h, w)
+        f = rng.uniform(2, 9, size=(3, 2))
+        img = np.stack([127 + 100 * np.sin(f[c, 0] * xx + f[c, 1] * yy + k) for c in range(3)], axis=-1)
+        path = folder / f"img{k}.png"
+        Image.fromarray(img.clip(0, 255).astype(np.uint8)).save(path)
+        paths.append(str(path))
+    return paths
+
+
+class CallCounter:
+    """Wraps a network's encode/decode_pair to count calls and encoded images."""
+
+    def __init__(self, net: MASt3RNet, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.encode_calls = 0
+        self.encoded_images = 0
+        self.decode_calls = 0
+        encode, decode = net.encode, net.decode_pair
+
+        def counted_encode(img: torch.Tensor) -> Any:
+            self.encode_calls += 1
+            self.encoded_images += img.shape[0]
+            return encode(img)
+
+        def counted_decode(*args: Any) -> Any:
+            self.decode_calls += 1
+            return decode(*args)
+
+        monkeypatch.setattr(net, "encode", counted_encode)
+        monkeypatch.setattr(net, "decode_pair", counted_decode)
+
+
+@pytest.fixture(scope="module")
+def net() -> MASt3RNet:
+    return load_checkpoint(GOLDEN / "model_tiny_a.pth")
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory: pytest.TempPathFactory) -> list[LoadedImage]:
+    folder = tmp_path_factory.mktemp("imgs")
+    # three landscape 64x48 images and one portrait: two shape groups
+    return load_images(write_images(folder, [(48, 64), (48, 64), (64, 48), (48, 64)]), size=64)
+
+
+def assert_same(a: list[Any], b: list[Any], exact: bool) -> None:
+    assert [(p.i, p.j) for p in a] == [(p.i, p.j) for p in b]
+    for p, q in zip(a, b):
+        for name in ARRAYS:
+            if exact:
+                np.testing.assert_array_equal(getattr(p, name), getattr(q, name))
+            else:
+                x, y = getattr(p, name), getattr(q, name)
+                np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-4 * np.abs(y).max())
+        if exact:
+            for name in ("xy1", "xy2", "match_conf"):
+                np.testing.assert_array_equal(getattr(p, name), getattr(q, name))
+            assert p.score == q.score
+
+
+def test_one_prediction_per_unordered_pair_each_image_encoded_once(
+    net: MASt3RNet, images: list[LoadedImage], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    counter = CallCounter(net, monkeypatch)
+    stats: dict[str, Any] = {}
+    preds = run_pairs(net, images, make_pairs(4, "complete"), batch_size=4, progress=False, stats=stats)
+    assert [(p.i, p.j) for p in preds] == [(1, 0), (2, 0), (2, 1), (3, 0), (3, 1), (3, 2)]
+    assert counter.encoded_images == 4  # the reference would encode 12 images
+    assert counter.encode_calls <= 3  # lazily, per shape group as batches need them
+    assert stats == {"n_pairs": 6, "cache_hits": 0, "computed": 6, "encoded": 4}
+    for p in preds:
+        p.validate()
+        assert p.shape1 == images[p.i].true_shape and p.shape2 == images[p.j].true_shape
+        assert p.score is not None and p.score[2] == p.n_matches
+        assert (p.match_conf > 0).all()
+
+
+def test_matches_symmetric_inference(net: MASt3RNet, images: list[LoadedImage]) -> None:
+    """The batched, feature-reusing path gives the outputs of net.symmetric_inference on the pair."""
+    preds = run_pairs(net, images, np.array([[0, 2], [1, 3]]), batch_size=2, progress=False)
+    for p in preds:
+        r11, r21, r22, r12 = net.symmetric_inference(images[p.i].tensor(), images[p.j].tensor())
+        for name, res in (("11", r11), ("21", r21), ("22", r22), ("12", r12)):
+            ref = res["pts3d"][0].numpy()
+            np.testing.assert_allclose(getattr(p, "pts" + name), ref, rtol=1e-4, atol=1e-4 * np.abs(ref).max())
+
+
+def test_batching_does_not_change_results(net: MASt3RNet, images: list[LoadedImage]) -> None:
+    pairs = make_pairs(4, "complete")
+    one = run_pairs(net, images, pairs, batch_size=1, progress=False)
+    four = run_pairs(net, images, pairs, batch_size=4, progress=False)
+    assert_same(one, four, exact=False)
+    for p, q in zip(one, four):  # same matches (no near-ties at this size)
+        np.testing.assert_array_equal(p.xy1, q.xy1)
+        np.testing.assert_array_equal(p.xy2, q.xy2)
+
+
+def test_cache_hit_skips_network(net: MASt3RNet, images: list[LoadedImage], tmp_path: Path,
+                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    cache = CacheDir(tmp_path / "cache", net.identity)
+    pairs = make_pairs(4, "swin-2")
+    first = run_pairs(net, images, pairs, cache=cache, progress=False)
+    counter = CallCounter(net, monkeypatch)
+    stats: dict[str, Any] = {}
+    again = run_pairs(net, images, pairs, cache=CacheDir(tmp_path / "cache", net.identity), progress=False,
+                      stats=stats)
+    assert counter.encode_calls == 0 and counter.decode_calls == 0
+    assert stats["cache_hits"] == len(first) and stats["computed"] == 0
+    assert_same(first, again, exact=True)
+    # the other orientation is served by the same entries, swapped
+    flipped = run_pairs(net, images, pairs[:, ::-1], cache=cache, progress=False)
+    assert counter.decode_calls == 0
+    assert_same([p.swapped() for p in first], flipped, exact=True)
+
+
+def test_cache_key_depends_on_matching_parameters(net: MASt3RNet, images: list[LoadedImage], tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    cache = CacheDir(tmp_path / "cache", net.identity)
+    run_pairs(net, images[:2], np.array([[0, 1]]), cache=cache, progress=False)
+    counter = CallCounter(net, monkeypatch)
+    run_pairs(net, images[:2], np.array([[0, 1]]), cache=cache, subsample=4, progress=False)
+    run_pairs(net, images[:2], np.array([[0, 1]]), cache=cache, desc_conf="conf", progress=False)
+    assert counter.decode_calls == 2
+
+
+def test_interrupted_run_resumes(net: MASt3RNet, images: list[LoadedImage], tmp_path: Path,
+                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    cache = CacheDir(tmp_path / "cache", net.identity)
+    pairs = make_pairs(3, "complete")  # (1, 0): one decoder call; (2, 0) and (2, 1): two each (shapes differ)
+    decode: Callable[..., Any] = net.decode_pair
+    calls = {"n": 0}
+
+    def failing_decode(*args: Any) -> Any:
+        calls["n"] += 1
+        if calls["n"] > 2:
+            raise KeyboardInterrupt
+        return decode(*args)
+
+    monkeypatch.setattr(net, "decode_pair", failing_decode)
+    with pytest.raises(KeyboardInterrupt):
+        run_pairs(net, images[:3], pairs, cache=cache, batch_size=1, progress=False)
+    monkeypatch.setattr(net, "decode_pair", decode)
+    stats: dict[str, Any] = {}
+    preds = run_pairs(net, images[:3], pairs, cache=cache, batch_size=1, progress=False, stats=stats)
+    assert len(preds) == 3
+    assert stats["cache_hits"] == 1 and stats["computed"] == 2  # (1, 0) was stored before the interruption
+
+
+def test_single_image_pairs_with_itself(net: MASt3RNet, images: list[LoadedImage]) -> None:
+    (p,) = run_pairs(net, images[:1], make_pairs(1, "swin-5"), progress=False)
+    assert (p.i, p.j) == (0, 0) and p.n_matches > 0
+
+
+def test_option_errors(net: MASt3RNet, images: list[LoadedImage]) -> None:
+    pairs = np.array([[0, 1]])
+    with pytest.raises(ConfigError, match="batch_size"):
+        run_pairs(net, images, pairs, batch_size=0, progress=False)
+    with pytest.raises(ConfigError, match="desc_conf"):
+        run_pairs(net, images, pairs, desc_conf="bogus", progress=False)
+    with pytest.raises(ConfigError, match="autocast"):
+        run_pairs(net, images, pairs, autocast="int8", progress=False)
+    with pytest.raises(InputError, match="self-pair"):
+        run_pairs(net, images, np.array([[1, 1]]), progress=False)
+    with pytest.raises(InputError, match="outside"):
+        run_pairs(net, images, np.array([[0, 9]]), progress=False)
+    if not torch.cuda.is_available():
+        with pytest.warns(UserWarning, match="only used on CUDA"):
+            run_pairs(net, images[:2], pairs, autocast="bf16", progress=False)
