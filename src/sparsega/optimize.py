@@ -34,6 +34,7 @@ import roma
 import torch
 from tqdm.auto import tqdm
 
+from ._fused import MatchLayout, build_layout, fused_match_loss
 from .types import AlignConfig
 
 log = logging.getLogger(__name__)
@@ -291,6 +292,9 @@ class SparseAligner:
         self._y = problem.m_xy[:, perm, 1].reshape(-1).contiguous()
         self._conf = problem.m_conf[perm].contiguous()
         self._fb_target = tuple(problem.fb_target[:, c].contiguous() for c in range(3))
+        # fast path: fused losses with analytic backward (sparsega._fused); False = the autograd twin
+        self.fast = True
+        self._layout: MatchLayout | None = None
 
         diags = problem.imsizes.to(dt).norm(dim=1)
         self.min_focals, self.max_focals = 0.25 * diags, 10 * diags
@@ -468,17 +472,48 @@ class SparseAligner:
         return self._to_world(r, xy[:, 0].contiguous(), xy[:, 1].contiguous(), anchor_depth[idx])
 
     # -- losses ----------------------------------------------------------------------------------------------
-    def loss_3d(self, pts: tuple[Tensor, Tensor, Tensor], loss: Callable[[Tensor], Tensor]) -> Tensor:
-        """Confidence-weighted robust distance between the two 3D points of each trusted match."""
+    @property
+    def layout(self) -> MatchLayout:
+        """Chunked layout of the trusted matches for the fused losses (built on first use)."""
+        if self._layout is None:
+            p, k = self.p, self.n_ok
+            self._layout = build_layout(p.m_img[:, :k], p.m_xy[:, :k], p.m_anchor[:, :k], p.m_off[:, :k],
+                                        p.m_conf[:k])
+        return self._layout
+
+    def _intr_grad(self) -> bool:
+        return bool(self.log_focals.requires_grad or self.pps.requires_grad)
+
+    def loss_3d(self, table: Tensor, anchor_depth: Tensor, gamma: float) -> Tensor:
+        """Confidence-weighted robust (gamma) distance between the two 3D points of each trusted match."""
+        if self.n_ok == 0:
+            return table.new_zeros(())
+        if self.fast:
+            return fused_match_loss(table, anchor_depth, self.layout, 1, gamma, self._intr_grad())
+        pts, _ = self.match_points(table, anchor_depth)
+        return self.loss_3d_naive(pts, gamma_of_distance(gamma))
+
+    def loss_2d(self, table: Tensor, anchor_depth: Tensor, gamma: float) -> Tensor:
+        """Confidence-weighted robust (gamma) reprojection error of each side's point into the other image, both
+        ways."""
+        if self.n_ok == 0:
+            return table.new_zeros(())
+        if self.fast:
+            return fused_match_loss(table, anchor_depth, self.layout, 2, gamma, self._intr_grad())
+        pts, cam = self.match_points(table, anchor_depth)
+        return self.loss_2d_naive(pts, cam, gamma_of_distance(gamma))
+
+    def loss_3d_naive(self, pts: tuple[Tensor, Tensor, Tensor], loss: Callable[[Tensor], Tensor]) -> Tensor:
+        """Autograd twin of the fused stage-1 loss, from :meth:`match_points`' world points."""
         k = self.n_ok
         if k == 0:
             return pts[0].new_zeros(())
         r = distance(tuple(c[:k] for c in pts), tuple(c[k:] for c in pts))
         return (self._conf * loss(r)).sum() / self._conf.sum()
 
-    def loss_2d(self, pts: tuple[Tensor, Tensor, Tensor], cam: tuple[Tensor, ...],
-                loss: Callable[[Tensor], Tensor]) -> Tensor:
-        """Confidence-weighted robust reprojection error of each side's point into the other image, both ways."""
+    def loss_2d_naive(self, pts: tuple[Tensor, Tensor, Tensor], cam: tuple[Tensor, ...],
+                      loss: Callable[[Tensor], Tensor]) -> Tensor:
+        """Autograd twin of the fused stage-2 loss, from :meth:`match_points`' world points and cameras."""
         k = self.n_ok
         if k == 0:
             return pts[0].new_zeros(())
@@ -512,7 +547,7 @@ class SparseAligner:
         cfg, p = self.cfg, self.p
         if stage == 1:
             names, niter, lr_base = ["quats", "trans", "log_sizes"], cfg.niter1, cfg.lr1
-            pix_loss, name = gamma_of_distance(cfg.loss_gamma1), "stage 1 (3D)"
+            gamma, name = cfg.loss_gamma1, "stage 1 (3D)"
         else:
             names = ["quats", "trans", "log_sizes", "log_focals"]
             if cfg.opt_pp:
@@ -520,7 +555,7 @@ class SparseAligner:
             if cfg.opt_depth:
                 names.append("core_depth")
             niter, lr_base = cfg.niter2, cfg.lr2
-            pix_loss, name = gamma_of_distance(cfg.loss_gamma2), "stage 2 (2D)"
+            gamma, name = cfg.loss_gamma2, "stage 2 (2D)"
         if self.intr_grad_mask is not None and not bool(self.intr_grad_mask.any()):
             names = [k for k in names if k not in ("log_focals", "pps")]
         if self.fixed_mask is not None and bool(self.fixed_mask.all()):
@@ -551,11 +586,10 @@ class SparseAligner:
                 opt.zero_grad(set_to_none=True)
                 focals, pps, cam2w, anchor_depth, _ = self.cameras()
                 table = self.camera_table(focals, pps, cam2w)
-                pts, cam = self.match_points(table, anchor_depth)
                 if stage == 1:
-                    loss = self.loss_3d(pts, pix_loss)
+                    loss = self.loss_3d(table, anchor_depth, gamma)
                 else:
-                    loss = self.loss_2d(pts, cam, pix_loss)
+                    loss = self.loss_2d(table, anchor_depth, gamma)
                 if cfg.fallback_weight:
                     loss = loss + cfg.fallback_weight * self.loss_fallback(table, anchor_depth, fb_loss)
                 if self.prior is not None:
