@@ -1,0 +1,344 @@
+"""Pair inference spread over a Ray cluster, with the same results as a single-process run, bit for bit.
+
+How it works:
+
+- the driver checks the shared cache first; what is missing is cut into the decoder batches a local
+  :func:`~sparsega.inference.run_pairs` would use (same batch size, same order), so every pair is decoded in the
+  same company as in a local run; equal batches give equal floating-point results;
+- the batches are partitioned into one group per worker by a greedy partition of the scene graph (each batch goes
+  to the group whose images it shares most, within an even share of the pairs), so few images are encoded by more
+  than one worker;
+- each worker is a Ray actor that loads the checkpoint ONCE and runs its group through the very functions of
+  :mod:`sparsega.inference` (encoder bank, batched symmetric decoding, matching, score), encoding each of its
+  images once; every pair is written to the shared content-addressed cache as soon as it is done (atomic writes),
+  and only keys and counts travel back;
+- the driver then loads every pair from the cache, in graph order.
+
+Faults: actors are restarted (``max_restarts``) and their calls retried (``max_task_retries``). A retried group
+skips the batches already complete in the cache and recomputes the others whole (a batch cut by the crash is
+decoded again with the same members, so its results do not change); an entry already on disk is never written
+again. Nothing finished is lost, nothing is written twice.
+
+Requirements: the cache folder must be visible to every worker under the same path (a shared file system on a
+multi-machine cluster), and so must the checkpoint. With a local cluster (``ray_address=None``) and no cache folder,
+a temporary one is used and removed afterwards.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import CacheError, ConfigError, InputError, SparsegaError
+from .images import LoadedImage, load_images
+from .types import PairPrediction
+
+logger = logging.getLogger(__name__)
+
+RAY_MISSING = "distributed inference needs Ray: pip install 'sparsega[ray]'"
+DEFAULT_WORKERS = 2
+MAX_RESTARTS = 3
+"""Restarts of a worker actor (and retries of its call) before the run fails."""
+
+Batch = list[tuple[int, int]]
+
+
+def _import_ray() -> Any:
+    """The ``ray`` module, or :class:`ConfigError` telling how to install it."""
+    try:
+        import ray
+    except ImportError:
+        raise ConfigError(RAY_MISSING) from None
+    return ray
+
+
+# -------------------------------------------------------------------- partition
+def partition_batches(batches: Sequence[Batch], n_groups: int) -> list[list[int]]:
+    """Split decoder batches into at most ``n_groups`` groups of about equal pair counts sharing few images.
+
+    Greedy, in batch order: a batch joins the group (with room left under ``ceil(P / n_groups)`` pairs) that already
+    holds most of its images, ties to the lightest group; when no group has room, the lightest one. Batch order is
+    kept inside each group. Returns the batch indices of each non-empty group.
+    """
+    if n_groups < 1:
+        raise ConfigError(f"num_workers={n_groups!r}: must be >= 1")
+    total = sum(len(b) for b in batches)
+    n_groups = max(1, min(n_groups, len(batches)))
+    cap = math.ceil(total / n_groups) if total else 0
+    members: list[list[int]] = [[] for _ in range(n_groups)]
+    imgs: list[set[int]] = [set() for _ in range(n_groups)]
+    load = np.zeros(n_groups, dtype=np.int64)
+    for b, batch in enumerate(batches):
+        need = {k for pair in batch for k in pair}
+        room = [g for g in range(n_groups) if load[g] + len(batch) <= cap]
+        cands = room if room else [int(np.argmin(load))]
+        g = max(cands, key=lambda c: (len(need & imgs[c]), -load[c], -c))
+        members[g].append(b)
+        imgs[g] |= need
+        load[g] += len(batch)
+    return [m for m in members if m]
+
+
+def _localise(images: Sequence[LoadedImage], batches: Sequence[Batch]) -> tuple[list[LoadedImage], list[Batch]]:
+    """The images a group uses (first-use order) and its batches re-indexed into that list (orientation kept)."""
+    index: dict[int, int] = {}
+    for batch in batches:
+        for pair in batch:
+            for k in pair:
+                index.setdefault(k, len(index))
+    local = [[(index[i], index[j]) for i, j in batch] for batch in batches]
+    return [images[k] for k in index], local
+
+
+# -------------------------------------------------------------------- worker
+class PairWorker:
+    """Ray actor body: one network per worker process, groups of batches computed into the shared cache.
+
+    ``threads``: torch intra-op threads (CPU kernels split their sums by thread count, so bit-identical results
+    need the count of the run they are compared with). ``crash_after`` is a fault-injection hook for tests: ``(marker_path, n)``; the first process to save its n-th
+    pair creates ``marker_path`` (listing the keys it saved) and exits hard, as a killed worker would.
+    """
+
+    def __init__(self, checkpoint_path: str, device: str = "cpu", threads: int | None = None,
+                 crash_after: tuple[str, int] | None = None) -> None:
+        import torch
+
+        from .model import load_checkpoint
+
+        if threads is not None:
+            torch.set_num_threads(threads)
+        self.net = load_checkpoint(Path(checkpoint_path), device=device)
+        self.crash_after = crash_after
+        self.saved_here: list[str] = []
+        logger.info("worker %d: loaded %s", os.getpid(), checkpoint_path)
+
+    def identity(self) -> str:
+        """Cache identity of the loaded network."""
+        return str(self.net.identity)
+
+    def _saved(self, key: str) -> None:
+        self.saved_here.append(key)
+        if self.crash_after is None or len(self.saved_here) < self.crash_after[1]:
+            return
+        try:
+            fd = os.open(self.crash_after[0], os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            return
+        os.write(fd, "\n".join(self.saved_here).encode())
+        os.fsync(fd)
+        os.close(fd)
+        os._exit(1)
+
+    def run(self, images: list[LoadedImage], batches: list[Batch], cache_root: str, subsample: int,
+            desc_conf: str, batch_size: int, autocast: str | None) -> dict[str, Any]:
+        """Compute the batches not complete in the cache; returns counts and the keys written."""
+        import torch
+
+        from .cache import CacheDir, save_pair
+        from .inference import CACHE_NAMESPACE, _autocast_ctx, _decode_batch, _FeatureBank, pair_cache_key, \
+            predict_pair
+
+        net = self.net
+        identity = net.identity
+        store = CacheDir(cache_root, identity).store(CACHE_NAMESPACE)
+
+        def key(i: int, j: int) -> str:
+            return pair_cache_key(images[i], images[j], identity, subsample, desc_conf)
+
+        def cached(i: int, j: int) -> bool:
+            return store.has(key(i, j)) or store.has(key(j, i))
+
+        todo = [b for b in batches if not all(cached(i, j) for i, j in b)]
+        written: list[str] = []
+        if not todo:
+            return {"written": written, "computed": 0, "skipped_batches": len(batches), "encoded": 0}
+        pending = np.array([p for b in todo for p in b], dtype=np.int64).reshape(-1, 2)
+        bank = _FeatureBank(net, images, pending, batch_size)
+        computed = 0
+        with torch.inference_mode(), _autocast_ctx(autocast, net.device):
+            for batch in todo:
+                shape1, shape2 = images[batch[0][0]].true_shape, images[batch[0][1]].true_shape
+                outs = _decode_batch(net, bank, batch, shape1, shape2)
+                for (i, j), (r11, r21, r22, r12) in zip(batch, outs):
+                    pred = predict_pair(i, j, r11, r21, r22, r12, subsample=subsample, desc_conf=desc_conf)
+                    computed += 1
+                    bank.release(i, j)
+                    if not cached(i, j):  # a batch cut by a crash: only its missing members are written
+                        save_pair(store, key(i, j), pred)
+                        written.append(key(i, j))
+                        self._saved(key(i, j))
+        return {"written": written, "computed": computed, "skipped_batches": len(batches) - len(todo),
+                "encoded": len(bank.encoded)}
+
+
+# -------------------------------------------------------------------- driver
+def _start_ray(ray: Any, ray_address: str | None, num_workers: int) -> bool:
+    """Connect to (or start) a cluster; True when this call started it (and must shut it down)."""
+    if ray.is_initialized():
+        return False
+    if ray_address is None:
+        ray.init(num_cpus=num_workers, include_dashboard=False, log_to_driver=False,
+                 logging_level=logging.WARNING)
+    else:
+        ray.init(address=ray_address, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
+    return True
+
+
+def _check_int(name: str, value: Any, low: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
+        raise ConfigError(f"{name}={value!r}: must be an integer >= {low}")
+    return int(value)
+
+
+def run_pairs_ray(
+    checkpoint_path: str | os.PathLike[str],
+    images: Sequence[str | os.PathLike[str]] | Sequence[LoadedImage],
+    pairs: Any,
+    *,
+    cache_dir: str | os.PathLike[str] | None,
+    ray_address: str | None = None,
+    num_workers: int = DEFAULT_WORKERS,
+    subsample: int = 8,
+    desc_conf: str = "desc_conf",
+    size: int = 512,
+    batch_size: int = 4,
+    autocast: str | None = None,
+    device: str = "cpu",
+    threads: int | None = None,
+    progress: bool = True,
+    stats: dict[str, Any] | None = None,
+    crash_after: tuple[str, int] | None = None,
+) -> list[PairPrediction]:
+    """Network predictions + matches for the pairs of a scene graph, computed by Ray workers.
+
+    Same arguments and result as :func:`~sparsega.inference.run_pairs` (bit-identical predictions for the same
+    ``batch_size``), plus:
+
+    Args:
+        checkpoint_path: checkpoint file, loaded once by each worker (same path on every node).
+        images: image paths (loaded at ``size``) or already loaded images.
+        cache_dir: the shared cache the results travel through (same path on every node). None is allowed only
+            for a local cluster: a temporary folder is used, then removed.
+        ray_address: ``"host:port"`` (or ``"auto"``) of a running cluster; None starts a local one with
+            ``num_workers`` CPUs and shuts it down afterwards. An already initialised Ray session is reused.
+        num_workers: worker actors (one logical CPU each; one GPU each when ``device`` is CUDA).
+        threads: torch CPU threads per worker; None = this process's count, which the bit-for-bit equality with a
+            local run needs (CPU kernels sum in an order that depends on it). 1 avoids oversubscribing cores
+            when workers share a machine, at the price of last-bit differences from a multi-threaded local run.
+        stats: receives ``n_pairs``, ``cache_hits``, ``computed``, ``encoded`` (summed over workers),
+            ``groups`` (pairs per worker group), ``written`` (entries written).
+        crash_after: test hook, see :class:`PairWorker`.
+
+    Raises:
+        ConfigError: Ray is not installed; bad options; no cache folder with a remote cluster.
+        SparsegaError: a worker kept failing after its retries.
+    """
+    from .cache import CacheDir
+    from .inference import CACHE_NAMESPACE, DESC_CONF_CHOICES, _batches, _cache_lookup, _check_pairs
+
+    import torch
+
+    ray = _import_ray()
+    threads = torch.get_num_threads() if threads is None else _check_int("threads", threads, 1)
+    num_workers = _check_int("num_workers", num_workers, 1)
+    batch_size = _check_int("batch_size", batch_size, 1)
+    subsample = _check_int("subsample", subsample, 1)
+    if desc_conf not in DESC_CONF_CHOICES:
+        raise ConfigError(f"desc_conf={desc_conf!r}: must be one of {', '.join(DESC_CONF_CHOICES)}")
+    ckpt = Path(checkpoint_path)
+    if not ckpt.is_file():
+        raise InputError(f"checkpoint {ckpt} does not exist")
+    if cache_dir is None and ray_address is not None:
+        raise ConfigError("distributed inference on a remote Ray cluster needs a cache_dir shared by all workers "
+                          "(--cache-dir on a shared file system)")
+    if len(images) == 0:
+        raise InputError("no images given")
+    loaded = (list(images) if all(isinstance(im, LoadedImage) for im in images)
+              else load_images([os.fspath(p) for p in images], size=size))  # type: ignore[arg-type]
+    todo_all = _check_pairs(pairs, len(loaded))
+
+    tmp = tempfile.TemporaryDirectory(prefix="sparsega-ray-cache-") if cache_dir is None else None
+    cache_root = os.path.abspath(tmp.name if tmp is not None else os.fspath(cache_dir))  # type: ignore[arg-type]
+    started = _start_ray(ray, ray_address, num_workers)
+    try:
+        opts: dict[str, Any] = {"num_cpus": 1, "max_restarts": MAX_RESTARTS, "max_task_retries": MAX_RESTARTS}
+        if device.startswith("cuda"):
+            opts["num_gpus"] = 1
+        actor_cls = ray.remote(**opts)(PairWorker)
+        actors = [actor_cls.remote(str(ckpt.resolve()), device, threads, crash_after) for _ in range(num_workers)]
+        identity = ray.get(actors[0].identity.remote())
+        store = CacheDir(cache_root, identity).store(CACHE_NAMESPACE)
+
+        def lookup(i: int, j: int) -> PairPrediction | None:
+            return _cache_lookup(store, loaded, i, j, identity, subsample, desc_conf)
+
+        done = {(i, j) for i, j in todo_all.tolist() if lookup(i, j) is not None}
+        todo = np.array([p for p in todo_all.tolist() if tuple(p) not in done], dtype=np.int64).reshape(-1, 2)
+        batches = list(_batches(todo, loaded, batch_size))
+        groups = partition_batches(batches, num_workers) if batches else []
+        logger.info("%d pairs: %d from the cache, %d to compute in %d group(s) on %d worker(s)",
+                    len(todo_all), len(done), len(todo), len(groups), num_workers)
+        results = _run_groups(ray, actors, loaded, batches, groups, cache_root,
+                              (subsample, desc_conf, batch_size, autocast), progress, len(todo_all), len(done))
+        for a in actors:
+            ray.kill(a)
+
+        preds: list[PairPrediction] = []
+        for i, j in todo_all.tolist():
+            pred = lookup(i, j)
+            if pred is None:
+                raise CacheError(f"pair ({i}, {j}) is missing from the cache {cache_root} after the workers finished "
+                                 "(deleted or corrupted meanwhile?): run again")
+            preds.append(pred)
+    finally:
+        if started:
+            ray.shutdown()
+        if tmp is not None:
+            tmp.cleanup()
+    if stats is not None:
+        stats.update(n_pairs=len(todo_all), cache_hits=len(done), computed=sum(r["computed"] for r in results),
+                     encoded=sum(r["encoded"] for r in results), written=sum(len(r["written"]) for r in results),
+                     groups=[sum(len(batches[b]) for b in g) for g in groups], workers=num_workers)
+    return preds
+
+
+def _run_groups(ray: Any, actors: list[Any], images: list[LoadedImage], batches: list[Batch],
+                groups: list[list[int]], cache_root: str, params: tuple[int, str, int, str | None],
+                progress: bool, total: int, initial: int) -> list[dict[str, Any]]:
+    """One call per group (group g on actor g); waits for all, with a progress bar counting pairs.
+
+    ``params``: (subsample, desc_conf, batch_size, autocast) passed to :meth:`PairWorker.run`.
+    """
+    from tqdm.auto import tqdm
+
+    refs: dict[Any, int] = {}
+    for g, members in enumerate(groups):
+        sub, local = _localise(images, [batches[b] for b in members])
+        refs[actors[g % len(actors)].run.remote(sub, local, cache_root, *params)] = g
+    out: list[dict[str, Any]] = []
+    bar = tqdm(total=total, initial=initial, desc="network (ray)", unit="pair", disable=not progress)
+    try:
+        pending = list(refs)
+        while pending:
+            ready, pending = ray.wait(pending, num_returns=1)
+            g = refs[ready[0]]
+            try:
+                res = ray.get(ready[0])
+            except ray.exceptions.RayError as exc:
+                raise SparsegaError(f"ray worker for pair group {g} failed after {MAX_RESTARTS} retries: "
+                                    f"{str(exc).splitlines()[0]}") from exc
+            out.append(res)
+            bar.update(sum(len(batches[b]) for b in groups[g]))
+    finally:
+        bar.close()
+    return out
+
+
+__all__ = ["run_pairs_ray", "partition_batches", "PairWorker", "RAY_MISSING"]
