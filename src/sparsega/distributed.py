@@ -63,19 +63,22 @@ def _import_ray() -> Any:
 def partition_batches(batches: Sequence[Batch], n_groups: int) -> list[list[int]]:
     """Split decoder batches into at most ``n_groups`` groups of about equal pair counts sharing few images.
 
-    Greedy, in batch order: a batch joins the group (with room left under ``ceil(P / n_groups)`` pairs) that already
-    holds most of its images, ties to the lightest group; when no group has room, the lightest one. Batch order is
-    kept inside each group. Returns the batch indices of each non-empty group.
+    Greedy: batches are visited by the median of their image indices (scene graphs of sequences put neighbours at
+    neighbouring indices) and each joins the group, among those with room left under ``ceil(P / n_groups)`` pairs,
+    that already holds most of its images (ties: lightest group); when none has room, the lightest one.
+    Returns the batch indices of each non-empty group, ascending (the original order).
     """
-    if n_groups < 1:
-        raise ConfigError(f"num_workers={n_groups!r}: must be >= 1")
+    if isinstance(n_groups, bool) or not isinstance(n_groups, (int, np.integer)) or n_groups < 1:
+        raise ConfigError(f"num_workers={n_groups!r}: must be an integer >= 1")
     total = sum(len(b) for b in batches)
-    n_groups = max(1, min(n_groups, len(batches)))
+    n_groups = max(1, min(int(n_groups), len(batches)))
     cap = math.ceil(total / n_groups) if total else 0
     members: list[list[int]] = [[] for _ in range(n_groups)]
     imgs: list[set[int]] = [set() for _ in range(n_groups)]
     load = np.zeros(n_groups, dtype=np.int64)
-    for b, batch in enumerate(batches):
+    order = sorted(range(len(batches)), key=lambda b: (float(np.median(np.asarray(batches[b]))), b))
+    for b in order:
+        batch = batches[b]
         need = {k for pair in batch for k in pair}
         room = [g for g in range(n_groups) if load[g] + len(batch) <= cap]
         cands = room if room else [int(np.argmin(load))]
@@ -83,7 +86,7 @@ def partition_batches(batches: Sequence[Batch], n_groups: int) -> list[list[int]
         members[g].append(b)
         imgs[g] |= need
         load[g] += len(batch)
-    return [m for m in members if m]
+    return [sorted(m) for m in members if m]
 
 
 def _localise(images: Sequence[LoadedImage], batches: Sequence[Batch]) -> tuple[list[LoadedImage], list[Batch]]:
