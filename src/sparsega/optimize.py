@@ -138,16 +138,22 @@ def tree_levels(n: int, root: int | Sequence[int], edges: np.ndarray
     return levels, parent_pos, inverse
 
 
-def compose_chain(rel: Tensor, levels: list[np.ndarray], parent_pos: list[np.ndarray], inverse: np.ndarray) -> Tensor:
+def compose_chain(rel: Tensor, levels: Sequence[np.ndarray | Tensor], parent_pos: Sequence[np.ndarray | Tensor],
+                  inverse: np.ndarray | Tensor) -> Tensor:
     """Absolute poses from relative ones along the tree: ``abs[child] = abs[parent] @ rel[child]``.
 
-    ``rel (N, 4, 4)`` -> ``(N, 4, 4)``, one batched matmul per tree depth level.
+    ``rel (N, 4, 4)`` -> ``(N, 4, 4)``, one batched matmul per tree depth level. The index arrays may be given as
+    tensors on ``rel``'s device (no per-call conversion).
     """
     dev = rel.device
-    out = [rel[torch.as_tensor(levels[0], device=dev)]]
+
+    def idx(x: np.ndarray | Tensor) -> Tensor:
+        return torch.as_tensor(x, device=dev)
+
+    out = [rel.index_select(0, idx(levels[0]))]
     for nodes, ppos in zip(levels[1:], parent_pos[1:]):
-        out.append(out[-1][torch.as_tensor(ppos, device=dev)] @ rel[torch.as_tensor(nodes, device=dev)])
-    return torch.cat(out)[torch.as_tensor(inverse, device=dev)]
+        out.append(out[-1].index_select(0, idx(ppos)) @ rel.index_select(0, idx(nodes)))
+    return torch.cat(out).index_select(0, idx(inverse))
 
 
 class _Gather(torch.autograd.Function):
@@ -276,6 +282,8 @@ class SparseAligner:
         dev, dt = problem.core_depth.device, problem.core_depth.dtype
         n = problem.n_images
         self.levels, self.parent_pos, self.inverse = tree_levels(n, problem.root, problem.edges)
+        self._tree_key: tuple | None = None
+        self._tree_t: tuple[list[Tensor], list[Tensor], Tensor] | None = None
         ok = problem.m_ok.cpu().numpy()
         self.n_ok = int(ok.sum())
         if not ok[: self.n_ok].all():
@@ -296,6 +304,7 @@ class SparseAligner:
         self.fast = True
         self._layout: MatchLayout | None = None
 
+        self._imsizes = problem.imsizes.to(dt)
         diags = problem.imsizes.to(dt).norm(dim=1)
         self.min_focals, self.max_focals = 0.25 * diags, 10 * diags
 
@@ -362,7 +371,11 @@ class SparseAligner:
             edges = p.edges[~known[p.edges[:, 1]]] if len(p.edges) else p.edges
             roots = sorted({p.root} | set(np.flatnonzero(known).tolist()))
             self.levels, self.parent_pos, self.inverse = tree_levels(p.n_images, roots, edges)
-            self.fixed_mask, self.fixed_R, self.fixed_C = mask, R, C
+            # rows of free cameras are never used: make them finite so that torch.where's gradients stay clean
+            eye = torch.eye(3, dtype=R.dtype, device=R.device).expand_as(R)
+            self.fixed_mask = mask
+            self.fixed_R = torch.where(mask.view(-1, 1, 1), R, eye)
+            self.fixed_C = torch.where(mask.view(-1, 1), C, torch.zeros_like(C))
             return
         spread = float((C[mask] - C[mask].mean(0)).norm(dim=1).max()) if int(mask.sum()) > 1 else 1.0
         self.prior = (mask, R, C, weight, max(spread, 1e-9))
@@ -371,7 +384,7 @@ class SparseAligner:
         """(N, 3) vector from the camera centre to its focal-plane point, in camera axes."""
         ones = torch.ones_like(z_cams).unsqueeze(1)
         return z_cams.unsqueeze(1) * torch.cat(
-            (self.p.imsizes.to(focals.dtype) / focals.unsqueeze(1) * (0.5 - pps_n), ones), dim=1)
+            (self._imsizes.to(focals.dtype) / focals.unsqueeze(1) * (0.5 - pps_n), ones), dim=1)
 
     def prior_loss(self, cam2w: Tensor) -> Tensor:
         """Soft pose prior (0 when none is installed)."""
@@ -388,7 +401,18 @@ class SparseAligner:
         return torch.minimum(torch.maximum(f, self.min_focals), self.max_focals)
 
     def principal_points(self) -> Tensor:
-        return self.pps.expand(self.p.n_images, 2) * self.p.imsizes.to(self.pps.dtype)
+        return self.pps.expand(self.p.n_images, 2) * self._imsizes.to(self.pps.dtype)
+
+    def _tree_tensors(self) -> tuple[list[Tensor], list[Tensor], Tensor]:
+        """The kinematic tree's index arrays as tensors on the device (cached; rebuilt if the tree changes)."""
+        key = (id(self.levels), id(self.parent_pos), id(self.inverse))
+        if self._tree_t is None or self._tree_key != key:
+            dev = self.quats.device
+            self._tree_t = ([torch.as_tensor(x, device=dev) for x in self.levels],
+                            [torch.as_tensor(x, device=dev) for x in self.parent_pos],
+                            torch.as_tensor(self.inverse, device=dev))
+            self._tree_key = key
+        return self._tree_t
 
     def cameras(self) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
         """Returns ``focals (N,), pps (N,2) pixels, cam2w (N,4,4), anchor_depth (A,), z_cams (N,)``."""
@@ -400,27 +424,27 @@ class SparseAligner:
         z_cams = sizes * p.median_depths * focals / p.base_focals
 
         n = p.n_images
-        rel = torch.zeros((n, 4, 4), device=focals.device, dtype=focals.dtype)
-        rel[:, :3, :3] = roma.unitquat_to_rotmat(torch.nn.functional.normalize(self.quats, dim=1))
-        rel[:, :3, 3] = self.trans
-        rel[:, 3, 3] = 1
+        rot_rel = roma.unitquat_to_rotmat(self.quats / self.quats.norm(dim=1, keepdim=True).clamp_min(1e-12))
         trans_offset = self._focal_plane_offset(z_cams, focals, pps_n)
+        trans_rel = self.trans
         if self.fixed_mask is not None:  # known cameras are roots whose chain pose derives from (R, C)
-            m = self.fixed_mask
-            rel = rel.clone()
-            rel[m, :3, :3] = self.fixed_R[m]
-            rel[m, :3, 3] = self.fixed_C[m] / gscale + (self.fixed_R[m] @ trans_offset[m].unsqueeze(-1)).squeeze(-1)
-        chain = compose_chain(rel, self.levels, self.parent_pos, self.inverse)
+            m = self.fixed_mask.view(n, 1)
+            fixed_t = self.fixed_C / gscale + (self.fixed_R @ trans_offset.unsqueeze(-1)).squeeze(-1)
+            rot_rel = torch.where(m.view(n, 1, 1), self.fixed_R, rot_rel)
+            trans_rel = torch.where(m, fixed_t, trans_rel)
+        bottom = torch.zeros((1, 1, 4), device=focals.device, dtype=focals.dtype)
+        bottom[..., 3] = 1
+        rel = torch.cat((torch.cat((rot_rel, trans_rel.unsqueeze(-1)), 2), bottom.expand(n, 1, 4)), 1)
+        chain = compose_chain(rel, *self._tree_tensors())
         rot = chain[:, :3, :3]
         new_t = gscale * (chain[:, :3, 3] - (rot @ trans_offset.unsqueeze(-1)).squeeze(-1))
-        cam2w = torch.zeros_like(chain)
-        cam2w[:, :3, :3] = rot
-        cam2w[:, :3, 3] = new_t
-        cam2w[:, 3, 3] = 1
+        cam2w = torch.cat((torch.cat((rot, new_t.unsqueeze(-1)), 2), bottom.expand(n, 1, 4)), 1)
 
-        img = p.anchor_img
-        anchor_depth = gscale * (z_cams[img] + (self.core_depth - 1) * (p.median_depths[img] * sizes[img]))
-        return focals, pps_n * p.imsizes.to(focals.dtype), cam2w, anchor_depth, z_cams
+        # d = g (z_i + (c - 1) m_i s_i) = (g s_i m_i) (f_i / f0_i + c - 1): two per-image factors gathered per anchor
+        fa = gather(gscale * sizes * p.median_depths, 0, p.anchor_img)
+        fb = gather(focals / p.base_focals - 1, 0, p.anchor_img)
+        anchor_depth = fa * (fb + self.core_depth)
+        return focals, pps_n * self._imsizes.to(focals.dtype), cam2w, anchor_depth, z_cams
 
     # Hot path, in structure-of-arrays layout: per-image quantities are packed as the ROWS of one (17, N) table
     # [R (9, row-major), t (3), f, ppx, ppy, f0 / f, 1] gathered once per point with a single index_select along
