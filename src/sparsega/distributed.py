@@ -29,6 +29,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import re
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -182,6 +183,22 @@ class PairWorker:
 
 
 # -------------------------------------------------------------------- driver
+_ERROR_LINE = re.compile(r"sparsega\.errors\.(\w+): (.+)")
+
+
+def _worker_error(exc: BaseException, what: str) -> SparsegaError:
+    """A one-line sparsega error for a failure inside a worker (Ray wraps the original exception)."""
+    from . import errors
+
+    found = _ERROR_LINE.findall(str(exc))
+    if found:
+        cls = getattr(errors, found[-1][0], SparsegaError)
+        if isinstance(cls, type) and issubclass(cls, SparsegaError):
+            return cls(found[-1][1].strip())
+    first = next((line for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
+    return SparsegaError(f"{what} failed after {MAX_RESTARTS} retries: {first}")
+
+
 def _start_ray(ray: Any, ray_address: str | None, num_workers: int) -> bool:
     """Connect to (or start) a cluster; True when this call started it (and must shut it down)."""
     if ray.is_initialized():
@@ -270,19 +287,24 @@ def run_pairs_ray(
     tmp = tempfile.TemporaryDirectory(prefix="sparsega-ray-cache-") if cache_dir is None else None
     cache_root = os.path.abspath(tmp.name if tmp is not None else os.fspath(cache_dir))  # type: ignore[arg-type]
     started = _start_ray(ray, ray_address, num_workers)
+    actors: list[Any] = []
     try:
         opts: dict[str, Any] = {"num_cpus": 1, "max_restarts": MAX_RESTARTS, "max_task_retries": MAX_RESTARTS}
         if device.startswith("cuda"):
             opts["num_gpus"] = 1
         actor_cls = ray.remote(**opts)(PairWorker)
-        actors = [actor_cls.remote(str(ckpt.resolve()), device, threads, crash_after) for _ in range(num_workers)]
-        identity = ray.get(actors[0].identity.remote())
+        actors += [actor_cls.remote(str(ckpt.resolve()), device, threads, crash_after) for _ in range(num_workers)]
+        try:
+            identity = ray.get(actors[0].identity.remote())
+        except ray.exceptions.RayError as exc:
+            raise _worker_error(exc, "starting the ray workers") from None
         store = CacheDir(cache_root, identity).store(CACHE_NAMESPACE)
 
         def lookup(i: int, j: int) -> PairPrediction | None:
             return _cache_lookup(store, loaded, i, j, identity, subsample, desc_conf)
 
-        done = {(i, j) for i, j in todo_all.tolist() if lookup(i, j) is not None}
+        done = {(i, j): lookup(i, j) for i, j in todo_all.tolist()}
+        done = {ij: pred for ij, pred in done.items() if pred is not None}
         todo = np.array([p for p in todo_all.tolist() if tuple(p) not in done], dtype=np.int64).reshape(-1, 2)
         batches = list(_batches(todo, loaded, batch_size))
         groups = partition_batches(batches, num_workers) if batches else []
@@ -290,17 +312,17 @@ def run_pairs_ray(
                     len(todo_all), len(done), len(todo), len(groups), num_workers)
         results = _run_groups(ray, actors, loaded, batches, groups, cache_root,
                               (subsample, desc_conf, batch_size, autocast), progress, len(todo_all), len(done))
-        for a in actors:
-            ray.kill(a)
 
         preds: list[PairPrediction] = []
         for i, j in todo_all.tolist():
-            pred = lookup(i, j)
+            pred = done.get((i, j)) or lookup(i, j)
             if pred is None:
                 raise CacheError(f"pair ({i}, {j}) is missing from the cache {cache_root} after the workers finished "
                                  "(deleted or corrupted meanwhile?): run again")
             preds.append(pred)
     finally:
+        for actor in actors:  # processes and the network copies they hold
+            ray.kill(actor)
         if started:
             ray.shutdown()
         if tmp is not None:
@@ -335,8 +357,7 @@ def _run_groups(ray: Any, actors: list[Any], images: list[LoadedImage], batches:
             try:
                 res = ray.get(ready[0])
             except ray.exceptions.RayError as exc:
-                raise SparsegaError(f"ray worker for pair group {g} failed after {MAX_RESTARTS} retries: "
-                                    f"{str(exc).splitlines()[0]}") from exc
+                raise _worker_error(exc, f"ray worker of pair group {g}") from None
             out.append(res)
             bar.update(sum(len(batches[b]) for b in groups[g]))
     finally:
