@@ -142,11 +142,10 @@ def gamma_value_and_slope(r: Tensor, gamma: float) -> tuple[Tensor, Tensor | flo
 
 
 def _ge_mask(x: Tensor, lo: float) -> Tensor | None:
-    """``(x >= lo)`` as 0/1 of ``x``'s dtype, or None when it is all ones (the common case: comparisons and masked
-    ops are several times slower than arithmetic on CPU, a min is cheap)."""
+    """``(x >= lo)`` as 0/1 of ``x``'s dtype, or None when it is all ones (skips the mask in the common case)."""
     if bool(x.min() >= lo):
         return None
-    return (x >= lo).to(x.dtype)
+    return torch.ge(x, lo, out=torch.empty_like(x))  # a float output is ~10x faster than bool + convert
 
 
 def _in_mask(x: Tensor, lo: float, hi: float) -> Tensor | None:
@@ -154,7 +153,8 @@ def _in_mask(x: Tensor, lo: float, hi: float) -> Tensor | None:
     mn, mx = torch.aminmax(x)
     if bool(mn >= lo) and bool(mx <= hi):
         return None
-    return ((x >= lo) & (x <= hi)).to(x.dtype)
+    m = torch.ge(x, lo, out=torch.empty_like(x))
+    return m.mul_(torch.le(x, hi, out=torch.empty_like(x)))
 
 
 def _swap(x: Tensor, c: int) -> Tensor:
