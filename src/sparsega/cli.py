@@ -175,6 +175,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cache-dir", metavar="DIR", help="cache network predictions here")
     p.add_argument("--image-size", type=int, default=None, metavar="S",
                    help="network image size (long side; default: the checkpoint's, 512)")
+    p.add_argument("--ray", nargs="?", const="local", default=None, metavar="ADDRESS",
+                   help="run the pair inference on Ray workers: a local cluster, or the cluster at ADDRESS "
+                        "(host:port; then --cache-dir must be on a file system all nodes share); needs "
+                        "pip install 'sparsega[ray]'")
+    p.add_argument("--workers", type=int, default=2, metavar="N", help="Ray workers (with --ray; default 2)")
     _output(p)
     _align(p)
     _known(p)
@@ -632,6 +637,8 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
         kw["cache_dir"] = args.cache_dir
     if args.image_size:
         kw["size"] = args.image_size
+    if args.ray is not None:
+        kw.update(executor="ray", ray_address=None if args.ray == "local" else args.ray, workers=args.workers)
     if args.intrinsics:
         kw["known_intrinsics"] = _by_image(load_intrinsics_file(args.intrinsics), paths, args.intrinsics)
     if args.poses:
