@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import time
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
@@ -85,6 +86,12 @@ def _autocast_ctx(autocast: str | None, device: torch.device) -> contextlib.Abst
     return torch.autocast(device_type="cuda", dtype=AUTOCAST_CHOICES[autocast])
 
 
+def _sync(t: torch.Tensor) -> None:
+    """Wait for queued CUDA work (for honest timings); nothing on CPU."""
+    if t.device.type == "cuda":
+        torch.cuda.synchronize(t.device)
+
+
 def _np(t: torch.Tensor) -> np.ndarray:
     return t.detach().to("cpu", torch.float32).numpy()
 
@@ -133,6 +140,7 @@ class _FeatureBank:
         self.remaining = np.bincount(pending.ravel(), minlength=len(images))  # pending pairs per image
         self.feats: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
         self.encoded: set[int] = set()
+        self.encode_s = 0.0
 
     def get(self, idx: Sequence[int]) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """(tokens (1, N, D), pos (1, N, 2)) of each image in ``idx``, encoding the missing ones by shape group."""
@@ -145,8 +153,11 @@ class _FeatureBank:
                 chunk = ks[c:c + self.batch_size]
                 if self.encoded.intersection(chunk):  # pragma: no cover - internal invariant
                     raise RuntimeError("an image would be encoded twice")
+                t0 = time.perf_counter()
                 imgs = torch.cat([self.images[k].tensor(self.net.device) for k in chunk])
                 feat, pos = self.net.encode(imgs)
+                _sync(feat)
+                self.encode_s += time.perf_counter() - t0
                 for b, k in enumerate(chunk):
                     self.feats[k] = (feat[b:b + 1], pos[b:b + 1])
                 self.encoded.update(chunk)
@@ -239,7 +250,8 @@ def run_pairs(
         autocast: ``"bf16"`` / ``"fp16"`` mixed precision for the backbone on CUDA (heads stay float32); ignored
             with a warning elsewhere.
         progress: show a tqdm progress bar.
-        stats: if a dict is given, it receives counts: ``n_pairs``, ``cache_hits``, ``computed``, ``encoded``.
+        stats: if a dict is given, it receives counts ``n_pairs``, ``cache_hits``, ``computed``, ``encoded`` (images)
+            and wall times ``encode_s``, ``decode_s`` (decoders + heads), ``matching_s``.
 
     Returns:
         list of :class:`PairPrediction`, float32 arrays in network pixels.
@@ -269,13 +281,19 @@ def run_pairs(
 
     bank = _FeatureBank(net, images, todo, int(batch_size))
     bar = tqdm(total=len(todo_all), initial=len(results), desc="network", unit="pair", disable=not progress)
+    net_s = match_s = 0.0
     try:
         with amp:
             for batch in _batches(todo, images, int(batch_size)):
                 shape1, shape2 = images[batch[0][0]].true_shape, images[batch[0][1]].true_shape
+                t0 = time.perf_counter()
                 outs = _decode_batch(net, bank, batch, shape1, shape2)
+                _sync(outs[0][0]["pts3d"])
+                net_s += time.perf_counter() - t0
                 for (i, j), (r11, r21, r22, r12) in zip(batch, outs):
+                    t0 = time.perf_counter()
                     pred = predict_pair(i, j, r11, r21, r22, r12, subsample=int(subsample), desc_conf=desc_conf)
+                    match_s += time.perf_counter() - t0
                     if store is not None:
                         save_pair(store, pair_cache_key(images[i], images[j], identity, subsample, desc_conf), pred)
                     results[(i, j)] = pred
@@ -285,7 +303,8 @@ def run_pairs(
         bar.close()
     if stats is not None:
         stats.update(n_pairs=len(todo_all), cache_hits=len(todo_all) - len(todo), computed=len(todo),
-                     encoded=len(bank.encoded))
+                     encoded=len(bank.encoded), encode_s=bank.encode_s, decode_s=net_s - bank.encode_s,
+                     matching_s=match_s)
     return [results[(i, j)] for i, j in todo_all.tolist()]
 
 

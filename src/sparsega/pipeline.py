@@ -1,0 +1,170 @@
+"""``sparsega.reconstruct``: photos + checkpoint -> :class:`~sparsega.scene.Scene`.
+
+Stages (each timed in ``scene.info["timings_s"]``): load the images at the network size, run the network over the
+scene graph (:func:`~sparsega.inference.run_pairs`, optionally cached on disk), align (:func:`~sparsega.align`).
+The scene stays in network pixels; ``scene.net_to_orig`` and ``scene.info["original_sizes"]`` carry the map back
+to the original photos for exports.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+import warnings
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import InputError
+from .images import LoadedImage, collect_image_paths, load_images
+from .types import AlignConfig
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_SIZE = 512
+
+
+def _dedupe(images: list[LoadedImage]) -> tuple[list[LoadedImage], dict[str, int]]:
+    """Drop images whose content repeats an earlier one (warning); map every given path to its kept index."""
+    kept: list[LoadedImage] = []
+    by_hash: dict[str, int] = {}
+    index: dict[str, int] = {}
+    for im in images:
+        k = by_hash.get(im.content_hash)
+        if k is None:
+            k = by_hash[im.content_hash] = len(kept)
+            kept.append(im)
+        else:
+            warnings.warn(f"{im.path}: same content as {kept[k].path}; using it once", stacklevel=3)
+        index[im.path] = k
+    return kept, index
+
+
+def _lookup(key: Any, index: Mapping[str, int], n: int, what: str) -> int:
+    """Image index of a ``known_*`` key: a path as given (or the same file spelled differently) or an int index."""
+    if isinstance(key, (int, np.integer)) and not isinstance(key, bool):
+        if not 0 <= int(key) < n:
+            raise InputError(f"{what}: image index {key} out of range for {n} images")
+        return int(key)
+    name = os.fspath(key) if isinstance(key, (str, os.PathLike)) else None
+    if name is not None:
+        if name in index:
+            return index[name]
+        real = os.path.realpath(name)
+        for path, k in index.items():
+            if os.path.realpath(path) == real:
+                return k
+    raise InputError(f"{what}: {key!r} is not one of the input images")
+
+
+def _known(values: Mapping[Any, Any] | None, index: Mapping[str, int], n: int, what: str) -> dict[int, np.ndarray]:
+    if values is None:
+        return {}
+    if not isinstance(values, Mapping):
+        raise InputError(f"{what} must be a dict keyed by image path, got {type(values).__name__}")
+    out: dict[int, np.ndarray] = {}
+    for key, value in values.items():
+        out[_lookup(key, index, n, what)] = np.asarray(value, dtype=np.float64)
+    return out
+
+
+def reconstruct(
+    image_paths: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
+    checkpoint_or_net: Any,
+    scene_graph: str = "swin-5",
+    *,
+    size: int | None = None,
+    cache_dir: str | os.PathLike[str] | None = None,
+    overwrite_cache: bool = False,
+    device: str = "cpu",
+    batch_size: int = 4,
+    desc_conf: str = "desc_conf",
+    autocast: str | None = None,
+    known_intrinsics: Mapping[Any, Any] | None = None,
+    known_poses: Mapping[Any, Any] | None = None,
+    progress: bool = True,
+    config: AlignConfig | None = None,
+    **align_overrides: Any,
+) -> Any:
+    """Reconstruct a scene from photos with a MASt3R (or DUSt3R) network and sparse global alignment.
+
+    Args:
+        image_paths: image files, folders or glob patterns (see :func:`~sparsega.images.collect_image_paths`).
+            Images with identical content are used once (warning); a single image is paired with itself.
+        checkpoint_or_net: path of an official checkpoint (.pth) or an already loaded network.
+        scene_graph: pairs to run (``complete``, ``swin-k``, ``logwin-k``, ``oneref-i``, ``-noncyclic``).
+        size: network image size (long side); default 512, or 224 for a 224 checkpoint.
+        cache_dir: on-disk cache of the network predictions (bound to the checkpoint: another checkpoint's folder
+            raises :class:`~sparsega.errors.CacheError` unless ``overwrite_cache``).
+        device: ``"cpu"`` or ``"cuda[:k]"`` for the network (when loading a path) and the alignment.
+        batch_size, desc_conf, autocast: see :func:`~sparsega.inference.run_pairs`.
+        known_intrinsics: ``{path: K (3, 3)}`` in ORIGINAL image pixels (mapped to network pixels here).
+        known_poses: ``{path: cam2w (4, 4)}`` (OpenCV convention, any frame and scale).
+        progress: progress bars.
+        config, align_overrides: alignment settings (:class:`AlignConfig` fields); ``subsample`` also sets the
+            matching seed spacing.
+
+    Returns:
+        Scene in network pixels, with ``net_to_orig`` (N, 3, 3), ``info["original_sizes"]`` ([W, H] per image),
+        ``info["timings_s"]`` (load, inference, align, ...) and ``info["inference"]`` (pair/cache counts).
+    """
+    from .alignment import align
+    from .cache import CacheDir
+    from .inference import run_pairs
+    from .model import load_checkpoint
+    from .pairs import make_pairs, parse_scene_graph
+
+    cfg = (config or AlignConfig()).replace(device=device, progress=progress, **align_overrides)
+    parse_scene_graph(scene_graph)  # fail on a bad name before any work
+    timings: dict[str, float] = {}
+
+    t0 = time.perf_counter()
+    if isinstance(checkpoint_or_net, (str, os.PathLike)):
+        net = load_checkpoint(Path(checkpoint_or_net), device=device)
+    elif hasattr(checkpoint_or_net, "encode") and hasattr(checkpoint_or_net, "decode_pair"):
+        net = checkpoint_or_net
+    else:
+        raise InputError(f"checkpoint_or_net must be a checkpoint path or a network, got "
+                         f"{type(checkpoint_or_net).__name__}")
+    timings["load_checkpoint"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    if size is None:
+        size = 224 if max(net.img_size) <= 224 else DEFAULT_SIZE
+    paths = collect_image_paths(image_paths)
+    images, index = _dedupe(load_images(paths, size=size))
+    n = len(images)
+    k_orig = _known(known_intrinsics, index, n, "known_intrinsics")
+    k_net = {k: images[k].intrinsics_from_original(K) for k, K in k_orig.items()}
+    poses = _known(known_poses, index, n, "known_poses")
+    pairs = make_pairs(n, scene_graph)
+    timings["load"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    cache = CacheDir(cache_dir, net.identity, reset=overwrite_cache) if cache_dir is not None else None
+    stats: dict[str, Any] = {}
+    preds = run_pairs(net, images, pairs, subsample=cfg.subsample, desc_conf=desc_conf, cache=cache,
+                      batch_size=batch_size, autocast=autocast, progress=progress, stats=stats)
+    timings["inference"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    scene = align(preds, cfg, images=[im.rgb for im in images], image_paths=[im.path for im in images],
+                  n_images=n, known_intrinsics=k_net or None, known_poses=poses or None)
+    timings["align"] = time.perf_counter() - t0
+
+    scene.net_to_orig = np.stack([im.intrinsics_to_original(np.eye(3)) for im in images])
+    scene.info["original_sizes"] = [[int(im.original_size[0]), int(im.original_size[1])] for im in images]
+    scene.info["inference"] = {**stats, "scene_graph": scene_graph, "size": int(size), "model": net.identity,
+                               "has_descriptors": bool(net.has_descriptors)}
+    align_timings = scene.info.get("timings_s", {})
+    scene.info["timings_s"] = {**{f"align_{k}": v for k, v in align_timings.items()}, **timings}
+    logger.info("reconstruct: %d images, %d pairs (%d cached); load %.2fs, inference %.2fs, align %.2fs",
+                n, stats.get("n_pairs", 0), stats.get("cache_hits", 0), timings["load"], timings["inference"],
+                timings["align"])
+    return scene
+
+
+__all__ = ["reconstruct"]

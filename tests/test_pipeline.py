@@ -1,0 +1,105 @@
+"""sparsega.reconstruct end to end with the tiny checkpoints: shapes, cache rerun, DUSt3R, known cameras, errors."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+import sparsega
+from sparsega.errors import CacheError, ConfigError, InputError
+from sparsega.model import MASt3RNet, load_checkpoint
+from _netutils import CallCounter, write_images
+
+GOLDEN = Path(__file__).parent / "data" / "golden"
+FAST = {"niter1": 15, "niter2": 15, "progress": False}
+
+
+@pytest.fixture(scope="module")
+def net() -> MASt3RNet:
+    return load_checkpoint(GOLDEN / "model_tiny_a.pth")
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One cache for the module: inference runs once per pair, later tests reuse it (results are the same)."""
+    return tmp_path_factory.mktemp("cache") / "c"
+
+
+@pytest.fixture(scope="module")
+def paths(tmp_path_factory: pytest.TempPathFactory) -> list[str]:
+    """Three photos of 128x96 (landscape, landscape, portrait): network images 64x48 / 48x64 at size 64."""
+    return write_images(tmp_path_factory.mktemp("photos"), [(96, 128), (96, 128), (128, 96)], seed=3)
+
+
+def test_reconstruct_scene_and_cached_rerun(net: MASt3RNet, paths: list[str], cache: Path,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    shutil.rmtree(cache, ignore_errors=True)
+    scene = sparsega.reconstruct(paths, net, "complete", size=64, cache_dir=cache, **FAST)
+    assert scene.cam2w.shape == (3, 4, 4) and scene.intrinsics.shape == (3, 3, 3)
+    assert [d.shape for d in scene.depthmaps] == [(48, 64), (48, 64), (64, 48)]
+    assert scene.image_paths == paths
+    assert np.isfinite(scene.cam2w).all() and np.isfinite(scene.intrinsics).all()
+    assert scene.info["original_sizes"] == [[128, 96], [128, 96], [96, 128]]
+    # network pixel (x, y) -> original pixel: scale 2 with the pixel-centre convention, x0 = 2 x + 0.5
+    np.testing.assert_allclose(scene.net_to_orig[0], [[2, 0, 0.5], [0, 2, 0.5], [0, 0, 1]])
+    assert {"load", "inference", "align"} <= set(scene.info["timings_s"])
+    assert scene.info["inference"]["computed"] == 3 and scene.info["inference"]["encoded"] == 3
+
+    counter = CallCounter(net, monkeypatch)
+    again = sparsega.reconstruct(paths, net, "complete", size=64, cache_dir=cache, **FAST)
+    assert counter.encode_calls == 0 and counter.decode_calls == 0  # no forward pass at all
+    assert again.info["inference"]["cache_hits"] == 3
+    np.testing.assert_array_equal(again.cam2w, scene.cam2w)
+    np.testing.assert_array_equal(again.intrinsics, scene.intrinsics)
+    for a, b in zip(again.depthmaps, scene.depthmaps):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_cache_of_another_checkpoint_is_refused(net: MASt3RNet, paths: list[str], cache: Path) -> None:
+    sparsega.reconstruct(paths[:2], net, "complete", size=64, cache_dir=cache, **FAST)
+    with pytest.raises(CacheError, match="written by checkpoint"):
+        sparsega.reconstruct(paths[:2], GOLDEN / "dust3r_tiny.pth", "complete", size=64, cache_dir=cache, **FAST)
+
+
+def test_dust3r_checkpoint_path_uses_3d_matching(paths: list[str]) -> None:
+    scene = sparsega.reconstruct(paths[:2], str(GOLDEN / "dust3r_tiny.pth"), "swin-5", size=64, **FAST)
+    assert scene.cam2w.shape == (2, 4, 4)
+    assert scene.info["inference"]["has_descriptors"] is False
+    assert scene.info["stats"]["n_matches"] > 0
+
+
+def test_known_intrinsics_in_original_pixels(net: MASt3RNet, paths: list[str], cache: Path) -> None:
+    K0 = np.array([[150.0, 0, 63.5], [0, 150.0, 47.5], [0, 0, 1]])  # of the 128x96 photo
+    scene = sparsega.reconstruct(paths, net, "complete", size=64, known_intrinsics={paths[1]: K0},
+                                 cache_dir=cache, **FAST)
+    # 128x96 -> 64x48 (no crop): focal halves; pixel centres: c = (c0 + 0.5) / 2 - 0.5
+    np.testing.assert_allclose(scene.intrinsics[1], [[75, 0, 31.5], [0, 75, 23.5], [0, 0, 1]], atol=1e-4)
+    np.testing.assert_allclose(scene.net_to_orig[1] @ scene.intrinsics[1], K0, atol=1e-3)
+    with pytest.raises(InputError, match="not one of the input images"):
+        sparsega.reconstruct(paths, net, "complete", size=64, known_intrinsics={"nope.png": K0}, **FAST)
+
+
+def test_duplicates_and_single_image(net: MASt3RNet, paths: list[str], cache: Path, tmp_path: Path) -> None:
+    copy = tmp_path / "copy.png"
+    shutil.copy(paths[0], copy)
+    with pytest.warns(UserWarning, match="same content"):
+        scene = sparsega.reconstruct([paths[0], paths[1], str(copy)], net, "complete", size=64, cache_dir=cache,
+                                     **FAST)
+    assert scene.image_paths == paths[:2]
+    single = sparsega.reconstruct(paths[2], net, "swin-5", size=64, **FAST)
+    assert single.cam2w.shape == (1, 4, 4) and single.depthmaps[0].shape == (64, 48)
+
+
+def test_bad_options_fail_before_any_work(net: MASt3RNet, paths: list[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    counter = CallCounter(net, monkeypatch)
+    bad: list[dict[str, Any]] = [{"scene_graph": "bogus"}, {"niter1": -1}, {"not_an_option": 1}]
+    for kw in bad:
+        with pytest.raises(ConfigError):
+            sparsega.reconstruct(paths, net, **{"scene_graph": "complete", "size": 64, **kw})
+    with pytest.raises(InputError):
+        sparsega.reconstruct(paths, 42, "complete", size=64)
+    assert counter.encode_calls == 0
