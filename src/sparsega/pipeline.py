@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import InputError
+from .errors import ConfigError, InputError
 from .images import LoadedImage, collect_image_paths, load_images
 from .types import AlignConfig
 
@@ -86,6 +86,9 @@ def reconstruct(
     known_intrinsics: Mapping[Any, Any] | None = None,
     known_poses: Mapping[Any, Any] | None = None,
     progress: bool = True,
+    executor: str = "local",
+    ray_address: str | None = None,
+    workers: int = 2,
     config: AlignConfig | None = None,
     **align_overrides: Any,
 ) -> Any:
@@ -104,6 +107,11 @@ def reconstruct(
         known_intrinsics: ``{path: K (3, 3)}`` in ORIGINAL image pixels (mapped to network pixels here).
         known_poses: ``{path: cam2w (4, 4)}`` (OpenCV convention, any frame and scale).
         progress: progress bars.
+        executor: ``"local"`` (this process) or ``"ray"``: pair inference on ``workers`` Ray workers
+            (:func:`~sparsega.distributed.run_pairs_ray`; same predictions bit for bit; needs a checkpoint path).
+        ray_address: ``"host:port"`` of a Ray cluster (then ``cache_dir`` must be shared by all nodes); None: a
+            local cluster.
+        workers: Ray workers.
         config, align_overrides: alignment settings (:class:`AlignConfig` fields); ``subsample`` also sets the
             matching seed spacing.
 
@@ -119,6 +127,14 @@ def reconstruct(
 
     cfg = (config or AlignConfig()).replace(device=device, progress=progress, **align_overrides)
     parse_scene_graph(scene_graph)  # fail on a bad name before any work
+    if executor not in ("local", "ray"):
+        raise ConfigError(f"executor={executor!r}: must be 'local' or 'ray'")
+    if executor == "ray":
+        from .distributed import _import_ray
+
+        _import_ray()  # the install hint before any work
+        if not isinstance(checkpoint_or_net, (str, os.PathLike)):
+            raise ConfigError("executor='ray' needs a checkpoint path (each worker loads it), not a loaded network")
     timings: dict[str, float] = {}
 
     t0 = time.perf_counter()
@@ -146,8 +162,15 @@ def reconstruct(
     t0 = time.perf_counter()
     cache = CacheDir(cache_dir, net.identity, reset=overwrite_cache) if cache_dir is not None else None
     stats: dict[str, Any] = {}
-    preds = run_pairs(net, images, pairs, subsample=cfg.subsample, desc_conf=desc_conf, cache=cache,
-                      batch_size=batch_size, autocast=autocast, progress=progress, stats=stats)
+    if executor == "ray":
+        from .distributed import run_pairs_ray
+
+        preds = run_pairs_ray(checkpoint_or_net, images, pairs, cache_dir=cache_dir, ray_address=ray_address,
+                              num_workers=workers, subsample=cfg.subsample, desc_conf=desc_conf,
+                              batch_size=batch_size, autocast=autocast, device=device, progress=progress, stats=stats)
+    else:
+        preds = run_pairs(net, images, pairs, subsample=cfg.subsample, desc_conf=desc_conf, cache=cache,
+                          batch_size=batch_size, autocast=autocast, progress=progress, stats=stats)
     timings["inference"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
@@ -157,8 +180,8 @@ def reconstruct(
 
     scene.net_to_orig = np.stack([im.intrinsics_to_original(np.eye(3)) for im in images])
     scene.info["original_sizes"] = [[int(im.original_size[0]), int(im.original_size[1])] for im in images]
-    scene.info["inference"] = {**stats, "scene_graph": scene_graph, "size": int(size), "model": net.identity,
-                               "has_descriptors": bool(net.has_descriptors)}
+    scene.info["inference"] = {**stats, "scene_graph": scene_graph, "size": int(size), "executor": executor,
+                               "model": net.identity, "has_descriptors": bool(net.has_descriptors)}
     align_timings = scene.info.get("timings_s", {})
     scene.info["timings_s"] = {**{f"align_{k}": v for k, v in align_timings.items()}, **timings}
     logger.info("reconstruct: %d images, %d pairs (%d cached); load %.2fs, inference %.2fs, align %.2fs",
