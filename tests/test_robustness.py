@@ -402,7 +402,9 @@ E2E = ["-c", str(CKPT), "--image-size", "64", "--niter1", "10", "--niter2", "10"
 
 
 def _png(path: Path, arr: np.ndarray, mode: str | None = None) -> str:
-    Image.fromarray(arr, mode=mode).save(path) if mode else Image.fromarray(arr).save(path)
+    img = Image.fromarray(arr)  # uint16 -> I;16, uint8 (H,W) -> L, (H,W,4) -> RGBA
+    assert mode is None or img.mode == mode, (img.mode, mode)
+    img.save(path)
     return str(path)
 
 
