@@ -152,3 +152,29 @@ def test_partition_keeps_batches_whole_balanced_and_local(images: list[LoadedIma
     assert sorted(partition_batches(batches[:2], 5)) == [[0], [1]]
     with pytest.raises(ConfigError):
         partition_batches(batches, 0)
+
+
+def test_reconstruct_executor_checks(images: list[LoadedImage], monkeypatch: pytest.MonkeyPatch) -> None:
+    from sparsega.pipeline import reconstruct
+
+    paths = [im.path for im in images]
+    with pytest.raises(ConfigError, match="executor"):
+        reconstruct(paths, str(CKPT), "complete", executor="dask", progress=False)
+    monkeypatch.setitem(sys.modules, "ray", None)
+    with pytest.raises(ConfigError, match=r"pip install 'sparsega\[ray\]'"):
+        reconstruct(paths, str(CKPT), "complete", executor="ray", progress=False)
+
+
+def test_cli_ray_flag_without_ray(images: list[LoadedImage], monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+                                  capsys: pytest.CaptureFixture[str]) -> None:
+    from sparsega.cli import build_parser, main
+
+    args = build_parser().parse_args(["reconstruct", "a.png", "-c", "x.pth", "-o", "out", "--ray", "--workers", "3"])
+    assert args.ray == "local" and args.workers == 3
+    args = build_parser().parse_args(["reconstruct", "a.png", "-c", "x.pth", "-o", "out", "--ray", "10.0.0.1:6379"])
+    assert args.ray == "10.0.0.1:6379"
+    monkeypatch.setitem(sys.modules, "ray", None)
+    code = main(["reconstruct", *[im.path for im in images], "-c", str(CKPT), "-o", str(tmp_path / "out"),
+                 "--quiet", "--ray"])
+    assert code == 2
+    assert "distributed inference needs Ray: pip install 'sparsega[ray]'" in capsys.readouterr().err
