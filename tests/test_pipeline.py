@@ -102,4 +102,8 @@ def test_bad_options_fail_before_any_work(net: MASt3RNet, paths: list[str], monk
             sparsega.reconstruct(paths, net, **{"scene_graph": "complete", "size": 64, **kw})
     with pytest.raises(InputError):
         sparsega.reconstruct(paths, 42, "complete", size=64)
+    with pytest.raises(ConfigError, match="executor"):
+        sparsega.reconstruct(paths, net, "complete", size=64, executor="threads")
+    with pytest.raises(ConfigError, match="checkpoint path|pip install"):
+        sparsega.reconstruct(paths, net, "complete", size=64, executor="ray")
     assert counter.encode_calls == 0
