@@ -61,7 +61,7 @@ def test_demo_small_writes_everything(small_demo):
     assert {"align", "export", "simulate_predictions"} <= set(report["timings_s"])
     m = report["metrics"]
     assert m == summary["metrics"]
-    # tiny images and short schedules: loose sanity only (the strict bounds are the slow default-demo test)
+    # tiny images and short schedules: loose sanity only (the strict bounds are the default-demo test)
     assert m["rra15"] >= 0.8 and m["ate_rel"] < 0.1 and m["focal_err_med"] < 0.1
     # transforms.json points at the demo images inside the folder, relative paths
     meta = json.loads((out / "transforms.json").read_text())
@@ -106,7 +106,6 @@ def test_eval_demo_against_its_ground_truth(small_demo):
         assert got[key] == pytest.approx(demo_metrics[key], rel=1e-6, abs=1e-9), key
 
 
-@pytest.mark.slow
 def test_demo_default_meets_accuracy_bounds(tmp_path):
     """`sparsega demo` with its defaults (what `make demo` runs) meets the alignment accuracy bounds."""
     out = tmp_path / "demo_out"
