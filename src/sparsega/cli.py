@@ -297,13 +297,13 @@ def _counts(scene: Any, min_conf: float) -> dict[str, Any]:
 
 
 def _json_default(o: Any) -> Any:
-    if isinstance(o, np.generic):
-        return o.item()
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    if isinstance(o, Path):
+    """The scene's JSON conversions (numpy, paths), anything else as its string (reports must never fail)."""
+    from .scene import json_default
+
+    try:
+        return json_default(o)
+    except TypeError:
         return str(o)
-    return str(o)
 
 
 def _write_json(path: Path, obj: Any) -> None:

@@ -170,7 +170,7 @@ class Scene:
             np.savez(tmp / "scene.npz", **arrays)
             meta = {"format": SCENE_FORMAT, "n_images": self.n_images, "image_paths": list(self.image_paths),
                     "info": self.info}
-            (tmp / "scene.json").write_text(json.dumps(meta, indent=1, default=_json_default))
+            (tmp / "scene.json").write_text(json.dumps(meta, indent=1, default=json_default))
             if path.exists():
                 shutil.rmtree(path)
             os.replace(tmp, path)
@@ -208,7 +208,8 @@ class Scene:
             raise InputError(f"{path}: corrupt saved scene ({type(e).__name__}: {e})") from None
 
 
-def _json_default(o: Any) -> Any:
+def json_default(o: Any) -> Any:
+    """``json.dumps`` hook for numpy scalars/arrays and paths."""
     if isinstance(o, np.generic):
         return o.item()
     if isinstance(o, np.ndarray):
