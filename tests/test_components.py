@@ -126,18 +126,7 @@ def test_bad_isolated_mode(two_scenes):
 
 
 # ------------------------------------------------------------------------------------------------- CLI
-@pytest.fixture()
-def _restore_logging():
-    lg = logging.getLogger("sparsega")
-    saved = (lg.propagate, lg.level, list(lg.handlers))
-    yield
-    lg.propagate, lg.level = saved[0], saved[1]
-    for h in list(lg.handlers):
-        if h not in saved[2]:
-            lg.removeHandler(h)
-
-
-def test_align_cache_writes_one_folder_per_component(two_scenes, tmp_path, capsys, _restore_logging):
+def test_align_cache_writes_one_folder_per_component(two_scenes, tmp_path, capsys):
     """naver cache of the two scenes + the isolated image: OUT/component_0 (4 views), OUT/component_1 (3 views),
     a top-level report saying which images went where and that im7 is unregistered."""
     import json

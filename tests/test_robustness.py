@@ -40,19 +40,6 @@ except ImportError:  # pragma: no cover - written by another change
 needs_pipeline = pytest.mark.skipif(not HAVE_PIPELINE, reason="sparsega.pipeline not available")
 
 
-@pytest.fixture(autouse=True)
-def _restore_logging():
-    """cli.main installs a stderr handler on the 'sparsega' logger and stops propagation: undo it after each test
-    so that caplog keeps working in this and later test modules."""
-    lg = logging.getLogger("sparsega")
-    saved = (lg.propagate, lg.level, list(lg.handlers))
-    yield
-    lg.propagate, lg.level = saved[0], saved[1]
-    for h in list(lg.handlers):
-        if h not in saved[2]:
-            lg.removeHandler(h)
-
-
 # ---------------------------------------------------------------------------------------------- helpers
 def _noise(h: int, w: int, seed: int = 0) -> np.ndarray:
     """Smooth-ish random colours (a few blobs) so that JPEG files have some structure."""

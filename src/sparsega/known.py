@@ -190,9 +190,4 @@ def make_setup(problem: AlignProblem, cfg: AlignConfig, known_intrinsics: Any, k
     return setup, cfg, scale
 
 
-def quats_from_rotmats(R: torch.Tensor) -> torch.Tensor:
-    """(..., 3, 3) -> (..., 4) unit quaternions (XYZW, roma's convention)."""
-    return roma.rotmat_to_unitquat(R)
-
-
 __all__ = ["validate_intrinsics", "validate_poses", "similarity_from_cameras", "make_setup"]
