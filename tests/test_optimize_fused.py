@@ -1,5 +1,6 @@
-"""Fused match losses (sparsega._fused) against their autograd twins in sparsega.optimize: loss values and gradients
-(table, anchor depths, and through SparseAligner the optimised parameters), edge cases, and a full alignment."""
+"""Fast match losses against their autograd twins in sparsega.optimize: the fused torch losses (sparsega._fused) and
+the compiled kernel (sparsega._kernels). Loss values and gradients (table, anchor depths, and through SparseAligner
+the optimised parameters), edge cases, and a full alignment."""
 
 from __future__ import annotations
 
@@ -11,12 +12,18 @@ import roma
 import torch
 
 from sparsega import AlignConfig, align, synthetic
+from sparsega import _kernels
 from sparsega._fused import build_layout, fused_match_loss
+from sparsega._kernels import kernel_match_loss
 from sparsega.alignment import build_problem
-from sparsega.optimize import AlignProblem, SparseAligner, distance, gamma_of_distance
+from sparsega.errors import ConfigError
+from sparsega.optimize import AlignProblem, SparseAligner, distance, gamma_of_distance, resolve_backend
 from sparsega.pairs import make_pairs, unique_pairs
 
 TOL = {torch.float64: 1e-10, torch.float32: 1e-4}
+needs_numba = pytest.mark.skipif(not _kernels.available(), reason="numba not installed")
+IMPLS = {"fused": fused_match_loss, "kernel": kernel_match_loss}
+IMPL_PARAMS = [pytest.param("fused"), pytest.param("kernel", marks=needs_numba)]
 
 
 def _random_case(dtype: torch.dtype, seed: int = 0, n: int = 5, k: int = 700, n_anchor: int = 90):
@@ -105,12 +112,15 @@ def _close(a: torch.Tensor, b: torch.Tensor, tol: float) -> None:
     np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=tol, atol=tol * max(scale, 1e-30))
 
 
+@pytest.mark.parametrize("impl", IMPL_PARAMS)
 @pytest.mark.parametrize("gamma", [1.5, 0.5, 1.0, 2.0, 1.1])
 @pytest.mark.parametrize("stage", [1, 2])
-def test_fused_loss_and_gradients_match_autograd(dtype, stage, gamma):
+def test_fast_loss_and_gradients_match_autograd(dtype, stage, gamma, impl):
+    if impl == "kernel" and gamma not in _kernels.KERNEL_GAMMAS:
+        pytest.skip("gamma without a compiled form (see test_kernel_rejects_other_gammas_and_auto_falls_back)")
     table, depth, img, xy, anchor, off, conf = _random_case(dtype, seed=stage)
     lay = build_layout(img, xy, anchor, off, conf, chunk=32)
-    lf, gtf, gdf = _grads(lambda t, d: fused_match_loss(t, d, lay, stage, gamma), table, depth)
+    lf, gtf, gdf = _grads(lambda t, d: IMPLS[impl](t, d, lay, stage, gamma), table, depth)
     ln, gtn, gdn = _grads(lambda t, d: _naive_loss(t, d, img, xy, anchor, off, conf, stage, gamma), table, depth)
     tol = TOL[dtype]
     assert abs(float(lf) - float(ln)) <= tol * abs(float(ln))
@@ -145,11 +155,12 @@ def test_layout_chunk_size_does_not_change_the_loss(chunk):
     assert int((lay.conf > 0).sum()) == conf.shape[0]  # every match exactly once, padding has weight 0
 
 
-def test_intr_grad_false_keeps_pose_and_depth_gradients():
+@pytest.mark.parametrize("impl", IMPL_PARAMS)
+def test_intr_grad_false_keeps_pose_and_depth_gradients(impl):
     table, depth, img, xy, anchor, off, conf = _random_case(torch.float64, seed=4)
     lay = build_layout(img, xy, anchor, off, conf)
-    _, gt_all, gd_all = _grads(lambda t, d: fused_match_loss(t, d, lay, 2, 0.5, True), table, depth)
-    _, gt, gd = _grads(lambda t, d: fused_match_loss(t, d, lay, 2, 0.5, False), table, depth)
+    _, gt_all, gd_all = _grads(lambda t, d: IMPLS[impl](t, d, lay, 2, 0.5, True), table, depth)
+    _, gt, gd = _grads(lambda t, d: IMPLS[impl](t, d, lay, 2, 0.5, False), table, depth)
     torch.testing.assert_close(gt[:12], gt_all[:12], rtol=0, atol=0)
     torch.testing.assert_close(gd, gd_all, rtol=0, atol=0)
     assert float(gt[12:].abs().max()) == 0
@@ -171,8 +182,9 @@ def _problem(dtype: torch.dtype) -> AlignProblem:
     return problem
 
 
+@pytest.mark.parametrize("impl", IMPL_PARAMS)
 @pytest.mark.parametrize("stage", [1, 2])
-def test_aligner_parameter_gradients_match(dtype, stage):
+def test_aligner_parameter_gradients_match(dtype, stage, impl):
     problem = _problem(dtype)
     al = SparseAligner(problem, AlignConfig())
     g = torch.Generator().manual_seed(1)
@@ -185,8 +197,8 @@ def test_aligner_parameter_gradients_match(dtype, stage):
         al.core_depth.mul_(1 + 0.1 * torch.rand(al.core_depth.shape, generator=g, dtype=dtype))
     params = al._params()
     out = {}
-    for fast in (True, False):
-        al.fast = fast
+    for backend in (impl, "autograd"):
+        al.backend = backend
         for t in params.values():
             t.requires_grad_(True)
             t.grad = None
@@ -195,31 +207,25 @@ def test_aligner_parameter_gradients_match(dtype, stage):
         gamma = 1.5 if stage == 1 else 0.5
         loss = al.loss_3d(table, anchor_depth, gamma) if stage == 1 else al.loss_2d(table, anchor_depth, gamma)
         loss.backward()
-        out[fast] = (float(loss.detach()), {k: t.grad.clone() for k, t in params.items()})
+        out[backend] = (float(loss.detach()), {k: t.grad.clone() for k, t in params.items()})
     tol = TOL[dtype]
-    assert out[True][0] == pytest.approx(out[False][0], rel=tol)
+    assert out[impl][0] == pytest.approx(out["autograd"][0], rel=tol)
     for k in params:
-        _close(out[True][1][k], out[False][1][k], tol)
+        _close(out[impl][1][k], out["autograd"][1][k], tol)
 
 
+@pytest.mark.parametrize("impl", IMPL_PARAMS)
 @pytest.mark.parametrize("dt,max_deg", [("float64", 0.1), pytest.param("float32", 0.3, marks=pytest.mark.slow)])
-def test_full_alignment_fast_matches_naive(monkeypatch, dt, max_deg):
-    """Same cameras from the fused and the autograd losses. In float32 this 5-view scene's result moves by ~0.06-0.09
+def test_full_alignment_fast_matches_naive(dt, max_deg, impl):
+    """Same cameras from the fast and the autograd losses. In float32 this 5-view scene's result moves by ~0.06-0.09
     deg with the summation order alone (two autograd runs with different match orders), hence the looser bound; in float64 two autograd runs
     with different match orders differ by ~0.02 deg (Adam amplifies round-off along near-flat directions)."""
     sc, preds = _orbit_preds()
     cams = {}
-    for fast in (True, False):
-        orig = SparseAligner.__init__
-
-        def init(self, *a, _orig=orig, _fast=fast, **kw):
-            _orig(self, *a, **kw)
-            self.fast = _fast
-
-        monkeypatch.setattr(SparseAligner, "__init__", init)
-        scene = align(preds, progress=False, niter1=150, niter2=150, clean_depth=False, dtype=dt)
-        monkeypatch.setattr(SparseAligner, "__init__", orig)
-        cams[fast] = scene
+    for backend in (impl, "autograd"):
+        cams[backend] = align(preds, progress=False, niter1=150, niter2=150, clean_depth=False, dtype=dt,
+                              loss_backend=backend)
+    cams = {True: cams[impl], False: cams["autograd"]}
     # the global frame is a gauge freedom (the root's pose gets noise-level gradients that Adam amplifies):
     # compare the poses relative to camera 0
     rel = {k: np.linalg.inv(v.cam2w[0].astype(np.float64)) @ v.cam2w.astype(np.float64) for k, v in cams.items()}
@@ -229,3 +235,28 @@ def test_full_alignment_fast_matches_naive(monkeypatch, dt, max_deg):
     np.testing.assert_allclose(cams[True].focals, cams[False].focals, rtol=2e-3)
     spread = float(np.linalg.norm(b[:, :3, 3], axis=1).max())
     assert float(np.linalg.norm(a[:, :3, 3] - b[:, :3, 3], axis=1).max()) < 2e-3 * spread
+
+
+@needs_numba
+def test_kernel_rejects_other_gammas_and_auto_falls_back():
+    table, depth, img, xy, anchor, off, conf = _random_case(torch.float64, seed=5)
+    lay = build_layout(img, xy, anchor, off, conf)
+    with pytest.raises(ValueError, match="gamma"):
+        kernel_match_loss(table, depth, lay, 1, 1.1)
+    assert resolve_backend(AlignConfig()) == "kernel"
+    assert resolve_backend(AlignConfig(loss_gamma2=0.7)) == "fused"
+    with pytest.raises(ConfigError, match="loss_backend='kernel'"):
+        resolve_backend(AlignConfig(loss_gamma1=1.2, loss_backend="kernel"))
+    with pytest.raises(ConfigError, match="CPU only"):
+        AlignConfig(loss_backend="kernel", device="cuda")
+
+
+@needs_numba
+def test_kernel_propagates_non_finite_inputs():
+    """No fast-math "no NaN" assumptions: a NaN depth reaches the loss, so the optimiser's guard sees it."""
+    table, depth, img, xy, anchor, off, conf = _random_case(torch.float64, seed=6)
+    lay = build_layout(img, xy, anchor, off, conf)
+    depth = depth.clone()
+    depth[int(anchor[0, 0])] = float("nan")
+    for stage in (1, 2):
+        assert not torch.isfinite(kernel_match_loss(table, depth, lay, stage, 1.5))

@@ -60,6 +60,10 @@ class MatchLayout:
     def n_chunks(self) -> int:
         return int(self.conf.shape[0])
 
+    def numpy(self) -> tuple[np.ndarray, ...]:
+        """``(img, x, y, off_m1, anchor, conf)`` as numpy arrays (zero-copy views; CPU layouts only)."""
+        return tuple(t.contiguous().numpy() for t in (self.img, self.x, self.y, self.off_m1, self.anchor, self.conf))
+
 
 def choose_chunk(n_matches: int, n_pairs: int) -> int:
     """Chunk length: a power of two near a quarter of the mean matches per pair, in [32, 512] (bounds the

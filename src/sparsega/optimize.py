@@ -34,7 +34,10 @@ import roma
 import torch
 from tqdm.auto import tqdm
 
+from . import _kernels
 from ._fused import MatchLayout, build_layout, fused_match_loss
+from ._kernels import kernel_match_loss
+from .errors import ConfigError
 from .types import AlignConfig
 
 log = logging.getLogger(__name__)
@@ -270,6 +273,24 @@ class OptimState:
     stages: list[StageResult]
 
 
+def resolve_backend(config: AlignConfig) -> str:
+    """The match-loss implementation for ``config.loss_backend`` on ``config.device``: ``"auto"`` is the compiled
+    kernel on CPU when numba imports, the fused torch path otherwise."""
+    want = config.loss_backend
+    on_cpu = torch.device(config.device).type == "cpu"
+    gammas_ok = all(float(g) in _kernels.KERNEL_GAMMAS for g in (config.loss_gamma1, config.loss_gamma2))
+    if want == "auto":
+        return "kernel" if on_cpu and gammas_ok and _kernels.available() else "fused"
+    if want == "kernel":
+        if not _kernels.available():
+            raise ConfigError("loss_backend='kernel' needs numba, which does not import here (pip install numba); "
+                              "use loss_backend='fused'")
+        if not gammas_ok:
+            raise ConfigError(f"loss_backend='kernel' supports loss gammas {sorted(_kernels.KERNEL_GAMMAS)} only; "
+                              "use loss_backend='fused' for others")
+    return want
+
+
 class SparseAligner:
     """Holds the parameters of a sparse scene alignment and runs the two stages.
 
@@ -300,8 +321,7 @@ class SparseAligner:
         self._y = problem.m_xy[:, perm, 1].reshape(-1).contiguous()
         self._conf = problem.m_conf[perm].contiguous()
         self._fb_target = tuple(problem.fb_target[:, c].contiguous() for c in range(3))
-        # fast path: fused losses with analytic backward (sparsega._fused); False = the autograd twin
-        self.fast = True
+        self.backend = resolve_backend(config)
         self._layout: MatchLayout | None = None
 
         self._imsizes = problem.imsizes.to(dt)
@@ -508,12 +528,16 @@ class SparseAligner:
     def _intr_grad(self) -> bool:
         return bool(self.log_focals.requires_grad or self.pps.requires_grad)
 
+    def _match_loss(self, table: Tensor, anchor_depth: Tensor, stage: int, gamma: float) -> Tensor:
+        fn = kernel_match_loss if self.backend == "kernel" else fused_match_loss
+        return fn(table, anchor_depth, self.layout, stage, gamma, self._intr_grad())
+
     def loss_3d(self, table: Tensor, anchor_depth: Tensor, gamma: float) -> Tensor:
         """Confidence-weighted robust (gamma) distance between the two 3D points of each trusted match."""
         if self.n_ok == 0:
             return table.new_zeros(())
-        if self.fast:
-            return fused_match_loss(table, anchor_depth, self.layout, 1, gamma, self._intr_grad())
+        if self.backend != "autograd":
+            return self._match_loss(table, anchor_depth, 1, gamma)
         pts, _ = self.match_points(table, anchor_depth)
         return self.loss_3d_naive(pts, gamma_of_distance(gamma))
 
@@ -522,8 +546,8 @@ class SparseAligner:
         ways."""
         if self.n_ok == 0:
             return table.new_zeros(())
-        if self.fast:
-            return fused_match_loss(table, anchor_depth, self.layout, 2, gamma, self._intr_grad())
+        if self.backend != "autograd":
+            return self._match_loss(table, anchor_depth, 2, gamma)
         pts, cam = self.match_points(table, anchor_depth)
         return self.loss_2d_naive(pts, cam, gamma_of_distance(gamma))
 

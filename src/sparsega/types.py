@@ -33,6 +33,9 @@ LR_SCHEDULES = ("cosine", "linear")
 DTYPES = ("float32", "float64")
 OPTIMIZERS = ("adam",)
 POSE_INITS = ("procrustes", "identity")
+# match-loss implementations: "kernel" = compiled numba pass (CPU), "fused" = torch with analytic backward (any
+# device), "autograd" = the plain reference twin; "auto" = kernel on CPU when numba imports, else fused
+LOSS_BACKENDS = ("auto", "kernel", "fused", "autograd")
 
 
 @dataclass
@@ -150,6 +153,7 @@ class AlignConfig:
     dtype: str = "float32"
     optimizer: str = "adam"
     pose_init: str = "procrustes"
+    loss_backend: str = "auto"
     # known cameras (see sparsega.align): None = "True when given"
     fix_intrinsics: bool | None = None
     fix_poses: bool | None = None
@@ -187,12 +191,15 @@ class AlignConfig:
             "dtype": DTYPES,
             "optimizer": OPTIMIZERS,
             "pose_init": POSE_INITS,
+            "loss_backend": LOSS_BACKENDS,
         }
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise bad(name, f"must be one of {', '.join(allowed)}")
         if not (self.device == "cpu" or str(self.device).startswith("cuda")):
             raise bad("device", "must be 'cpu' or 'cuda[:k]'")
+        if self.loss_backend == "kernel" and self.device != "cpu":
+            raise bad("loss_backend", "the compiled kernel runs on CPU only; use 'fused' or 'auto' on CUDA")
 
     def replace(self, **overrides: Any) -> "AlignConfig":
         """A copy with some fields changed; unknown names raise :class:`ConfigError`."""

@@ -1,0 +1,375 @@
+"""Compiled CPU kernel of the sparse optimiser's match losses (numba): loss and gradients in one pass over matches.
+
+The fused torch losses (:mod:`sparsega._fused`) still stream every (2C, B) intermediate through memory some sixty
+times per iteration; on CPU that memory traffic, not the arithmetic, is the cost. Here each match is loaded once,
+its forward and backward are computed in registers, and per-chunk camera gradients are accumulated in scalars:
+one pass over the match arrays per iteration.
+
+Inputs are the :class:`sparsega._fused.MatchLayout` arrays and the ``(17, N)`` camera table (rows
+``R (9, row-major), t (3), f, ppx, ppy, f0 / f, 1``). Conventions are the fused/autograd losses' exactly: the
+distance's square is clamped at 1e-30, camera depth at 1e-3 and pixels to [-1000, 2000] with torch's clamp
+gradient (passed where ``lo <= x <= hi``), and padding slots (confidence 0) contribute nothing. Arithmetic is
+float64 whatever the input dtype; gradients are returned in the table's dtype.
+
+The kernel is compiled on first use (a few seconds) and cached on disk by numba. :func:`available` says whether
+numba can be imported; callers fall back to the torch path otherwise (and on CUDA).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+
+import numpy as np
+import torch
+
+log = logging.getLogger(__name__)
+
+try:  # optional at import time: the torch path works without it
+    import numba
+
+    _HAVE_NUMBA = True
+except ImportError:  # pragma: no cover - exercised only where numba is missing
+    numba = None
+    _HAVE_NUMBA = False
+
+_SQ_MIN = 1e-30
+# reassociation (SIMD sums over a chunk) and fused multiply-add only: no "nnan"/"ninf", so a NaN or inf input still
+# reaches the loss (the optimiser's non-finite guard relies on it)
+_FASTMATH = {"reassoc", "contract", "nsz"}
+_Z_MIN = 1e-3
+_PIX_MIN, _PIX_MAX = -1000.0, 2000.0
+
+
+def available() -> bool:
+    """True when the compiled kernel can be used (numba importable)."""
+    return _HAVE_NUMBA
+
+
+# gammas with a compiled form (the reference's 1.5 and 0.5, and 1, 2); others use the fused torch path
+KERNEL_GAMMAS = {0.5: 1, 1.0: 2, 1.5: 3, 2.0: 4}
+
+
+def _rho(r: float, gcode: int, gamma: float, off: float) -> tuple[float, float]:
+    """``(r + off)^gamma`` and its derivative divided by ``r``, for the gammas of ``KERNEL_GAMMAS`` (``gcode``).
+    Written as selects on the loop-invariant ``gcode`` with one ``sqrt`` and one division and no ``pow``, so that
+    the match loops vectorise."""
+    t = r + off
+    s = math.sqrt(t)
+    rho = s if gcode == 1 else (t if gcode == 2 else (t * s if gcode == 3 else t * t))
+    return rho, gamma * rho / (t * r)
+
+
+def _pose_grads(g: np.ndarray, s: int, o: int, tab: np.ndarray, gr: np.ndarray, gt: np.ndarray) -> None:
+    """Accumulate into ``g (N, 17)`` the gradients of cameras ``s`` (self) and ``o`` (other) from those of the
+    relative pose ``R_rel = R_s^T R_o`` (``gr``, 3x3 row-major (9,)), ``t_rel = R_s^T (t_o - t_s)`` (``gt``, (3,)):
+
+    dR_o = R_s gR;  dR_s = R_o gR^T + (t_o - t_s) gt^T;  dt_o = R_s gt = -dt_s.
+    """
+    for i in range(3):
+        dti = tab[o, 9 + i] - tab[s, 9 + i]
+        acc = 0.0
+        for k in range(3):
+            acc += tab[s, 3 * i + k] * gt[k]
+        g[o, 9 + i] += acc
+        g[s, 9 + i] -= acc
+        for j in range(3):
+            a = 0.0
+            b = 0.0
+            for k in range(3):
+                a += tab[s, 3 * i + k] * gr[3 * k + j]
+                b += tab[o, 3 * i + k] * gr[3 * j + k]
+            g[o, 3 * i + j] += a
+            g[s, 3 * i + j] += b + dti * gt[j]
+
+
+def _side(xs: np.ndarray, ys: np.ndarray, offm1: np.ndarray, adg: np.ndarray, row: int, b: int,
+          px: float, py: float, inv_f: float, r15: float
+          ) -> tuple[float, float, float, float, float, float, float, float, float, float]:
+    """One match end: ``x, y, off - 1, anchor depth, depth factor, d, u, v, pc_x, pc_y`` with the camera-frame point
+    ``pc = d (u, v, 1)``, ``u = (x - ppx) / f``, ``d = anchor depth * (1 + (off - 1) f0 / f)``."""
+    x = xs[row, b]
+    y = ys[row, b]
+    o = offm1[row, b]
+    a = adg[row, b]
+    fac = 1.0 + o * r15
+    d = a * fac
+    u = (x - px) * inv_f
+    v = (y - py) * inv_f
+    return x, y, o, a, fac, d, u, v, u * d, v * d
+
+
+def _reproject(p0: float, p1: float, p2: float, f: float, px: float, py: float, x: float, y: float, cf: float,
+               gcode: int, gamma: float, off: float) -> tuple[float, float, float, float, float, float, float]:
+    """Robust reprojection term of camera-frame point ``p`` at pixel ``(x, y)`` and its gradients: returns
+    ``conf * rho(r)`` and ``dL/dp (3), dL/df, dL/dppx, dL/dppy``."""
+    # every clamp is written so that a NaN takes the pass-through side (torch's clamps propagate NaN too)
+    zlive = not (p2 < _Z_MIN)
+    z = p2 if zlive else _Z_MIN
+    fz = f / z
+    ur = px + p0 * fz
+    vr = py + p1 * fz
+    eu = (_PIX_MIN if ur < _PIX_MIN else (_PIX_MAX if ur > _PIX_MAX else ur)) - x
+    ev = (_PIX_MIN if vr < _PIX_MIN else (_PIX_MAX if vr > _PIX_MAX else vr)) - y
+    sq = eu * eu + ev * ev
+    live = not (sq < _SQ_MIN)
+    r = math.sqrt(sq if live else _SQ_MIN)
+    rho, slope = _rho(r, gcode, gamma, off)
+    w = cf * slope if live else 0.0
+    gu = 0.0 if (ur < _PIX_MIN or ur > _PIX_MAX) else eu * w
+    gv = 0.0 if (vr < _PIX_MIN or vr > _PIX_MAX) else ev * w
+    hz = (gu * p0 + gv * p1) * (fz / f)
+    return cf * rho, gu * fz, gv * fz, (-hz * fz if zlive else 0.0), hz, gu, gv
+
+
+def _loss_and_grad(tab: np.ndarray, ad: np.ndarray, img: np.ndarray, xs: np.ndarray, ys: np.ndarray,
+                   offm1: np.ndarray, anc: np.ndarray, conf: np.ndarray, stage: int, gcode: int, gamma: float,
+                   g_tab: np.ndarray, g_ad: np.ndarray) -> float:
+    """Sum over matches of ``conf * (rho(r) - rho(0))`` (stage 1: both ends' 3D distance; stage 2: reprojection
+    error of each end into the other image, both terms summed); gradients w.r.t. ``tab (N, 17)`` and ``ad (A,)``
+    are ADDED to ``g_tab`` and ``g_ad`` (float64, unscaled).
+
+    Per chunk, the relative pose and every gradient accumulator are local scalars, and the inner loops (one per
+    stage) have no branch but selects and no scatter: they compile to SIMD code. The anchor gradients are
+    buffered per match and scattered after the loop.
+    """
+    n_chunks, nb = conf.shape
+    off = (1.0 / gamma) ** (1.0 / (gamma - 1.0)) if gamma != 1.0 else 0.0
+    rho0 = off**gamma
+    total = 0.0
+    gr = np.empty(9)
+    gt = np.empty(3)
+    gbuf = np.empty((2 * n_chunks, nb))
+    adg = np.empty((2 * n_chunks, nb))  # anchor depths gathered first: a gather in the loop prevents SIMD
+    for c in range(2 * n_chunks):
+        for b in range(nb):
+            adg[c, b] = ad[anc[c, b]]
+    for c in range(n_chunks):
+        ia = img[c]
+        ib = img[n_chunks + c]
+        cb = n_chunks + c
+        # relative pose A <- B: R = R_a^T R_b, t = R_a^T (t_b - t_a); B <- A is (R^T, s = -R^T t)
+        r00 = tab[ia, 0] * tab[ib, 0] + tab[ia, 3] * tab[ib, 3] + tab[ia, 6] * tab[ib, 6]
+        r01 = tab[ia, 0] * tab[ib, 1] + tab[ia, 3] * tab[ib, 4] + tab[ia, 6] * tab[ib, 7]
+        r02 = tab[ia, 0] * tab[ib, 2] + tab[ia, 3] * tab[ib, 5] + tab[ia, 6] * tab[ib, 8]
+        r10 = tab[ia, 1] * tab[ib, 0] + tab[ia, 4] * tab[ib, 3] + tab[ia, 7] * tab[ib, 6]
+        r11 = tab[ia, 1] * tab[ib, 1] + tab[ia, 4] * tab[ib, 4] + tab[ia, 7] * tab[ib, 7]
+        r12 = tab[ia, 1] * tab[ib, 2] + tab[ia, 4] * tab[ib, 5] + tab[ia, 7] * tab[ib, 8]
+        r20 = tab[ia, 2] * tab[ib, 0] + tab[ia, 5] * tab[ib, 3] + tab[ia, 8] * tab[ib, 6]
+        r21 = tab[ia, 2] * tab[ib, 1] + tab[ia, 5] * tab[ib, 4] + tab[ia, 8] * tab[ib, 7]
+        r22 = tab[ia, 2] * tab[ib, 2] + tab[ia, 5] * tab[ib, 5] + tab[ia, 8] * tab[ib, 8]
+        d0 = tab[ib, 9] - tab[ia, 9]
+        d1 = tab[ib, 10] - tab[ia, 10]
+        d2 = tab[ib, 11] - tab[ia, 11]
+        t0 = tab[ia, 0] * d0 + tab[ia, 3] * d1 + tab[ia, 6] * d2
+        t1 = tab[ia, 1] * d0 + tab[ia, 4] * d1 + tab[ia, 7] * d2
+        t2 = tab[ia, 2] * d0 + tab[ia, 5] * d1 + tab[ia, 8] * d2
+        s0 = -(r00 * t0 + r10 * t1 + r20 * t2)
+        s1 = -(r01 * t0 + r11 * t1 + r21 * t2)
+        s2 = -(r02 * t0 + r12 * t1 + r22 * t2)
+        fa, pxa, pya, r15a = tab[ia, 12], tab[ia, 13], tab[ia, 14], tab[ia, 15]
+        fb, pxb, pyb, r15b = tab[ib, 12], tab[ib, 13], tab[ib, 14], tab[ib, 15]
+        ifa = 1.0 / fa
+        ifb = 1.0 / fb
+        # accumulators: relative poses A<-B (g..) and B<-A (h..); intrinsics of A and B, where the s.. sums get
+        # their factor 1 / f once per chunk (sum gpc . (pc_x, pc_y), sum gpc_x d, sum gpc_y d)
+        g00 = g01 = g02 = g10 = g11 = g12 = g20 = g21 = g22 = gt0 = gt1 = gt2 = 0.0
+        h00 = h01 = h02 = h10 = h11 = h12 = h20 = h21 = h22 = ht0 = ht1 = ht2 = 0.0
+        gfa = gpxa = gpya = gra = sfa = sxa = sya = 0.0
+        gfb = gpxb = gpyb = grb = sfb = sxb = syb = 0.0
+        acc = 0.0
+        if stage == 1:
+            for b in range(nb):
+                cf = conf[c, b]  # 0 on padding, whose values are finite: every term is then exactly 0
+                xa, ya, oa, ada, faca, da, ua, va, pa0, pa1 = _side(xs, ys, offm1, adg, c, b, pxa, pya, ifa, r15a)
+                xb, yb, ob, adb, facb, db, ub, vb, pb0, pb1 = _side(xs, ys, offm1, adg, cb, b, pxb, pyb, ifb, r15b)
+                # e = pa - (R pb + t)
+                e0 = pa0 - (r00 * pb0 + r01 * pb1 + r02 * db + t0)
+                e1 = pa1 - (r10 * pb0 + r11 * pb1 + r12 * db + t1)
+                e2 = da - (r20 * pb0 + r21 * pb1 + r22 * db + t2)
+                sq = e0 * e0 + e1 * e1 + e2 * e2
+                live = not (sq < _SQ_MIN)  # NaN stays NaN
+                r = math.sqrt(sq if live else _SQ_MIN)
+                rho, slope = _rho(r, gcode, gamma, off)
+                acc += cf * rho
+                w = cf * slope if live else 0.0
+                ga0 = w * e0  # dL/dpa; dL/dpb = -R^T ga, dL/dR = -ga pb^T, dL/dt = -ga
+                ga1 = w * e1
+                ga2 = w * e2
+                gb0 = -(r00 * ga0 + r10 * ga1 + r20 * ga2)
+                gb1 = -(r01 * ga0 + r11 * ga1 + r21 * ga2)
+                gb2 = -(r02 * ga0 + r12 * ga1 + r22 * ga2)
+                g00 -= ga0 * pb0
+                g01 -= ga0 * pb1
+                g02 -= ga0 * db
+                g10 -= ga1 * pb0
+                g11 -= ga1 * pb1
+                g12 -= ga1 * db
+                g20 -= ga2 * pb0
+                g21 -= ga2 * pb1
+                g22 -= ga2 * db
+                gt0 -= ga0
+                gt1 -= ga1
+                gt2 -= ga2
+                # camera-frame points -> intrinsics and anchor depths
+                gda = ga0 * ua + ga1 * va + ga2
+                sfa += ga0 * pa0 + ga1 * pa1
+                sxa += ga0 * da
+                sya += ga1 * da
+                gra += gda * ada * oa
+                gdb = gb0 * ub + gb1 * vb + gb2
+                sfb += gb0 * pb0 + gb1 * pb1
+                sxb += gb0 * db
+                syb += gb1 * db
+                grb += gdb * adb * ob
+                gbuf[c, b] = gda * faca
+                gbuf[cb, b] = gdb * facb
+        else:
+            for b in range(nb):
+                cf = conf[c, b]
+                xa, ya, oa, ada, faca, da, ua, va, pa0, pa1 = _side(xs, ys, offm1, adg, c, b, pxa, pya, ifa, r15a)
+                xb, yb, ob, adb, facb, db, ub, vb, pb0, pb1 = _side(xs, ys, offm1, adg, cb, b, pxb, pyb, ifb, r15b)
+                # A sees B's point qa = R pb + t at (xa, ya); B sees A's point qb = R^T pa + s at (xb, yb)
+                qa0 = r00 * pb0 + r01 * pb1 + r02 * db + t0
+                qa1 = r10 * pb0 + r11 * pb1 + r12 * db + t1
+                qa2 = r20 * pb0 + r21 * pb1 + r22 * db + t2
+                qb0 = r00 * pa0 + r10 * pa1 + r20 * da + s0
+                qb1 = r01 * pa0 + r11 * pa1 + r21 * da + s1
+                qb2 = r02 * pa0 + r12 * pa1 + r22 * da + s2
+                la, gq0, gq1, gq2, dfa, dpxa, dpya = _reproject(qa0, qa1, qa2, fa, pxa, pya, xa, ya, cf, gcode, gamma,
+                                                                off)
+                lb, gh0, gh1, gh2, dfb, dpxb, dpyb = _reproject(qb0, qb1, qb2, fb, pxb, pyb, xb, yb, cf, gcode, gamma,
+                                                                off)
+                acc += la + lb
+                gfa += dfa
+                gpxa += dpxa
+                gpya += dpya
+                gfb += dfb
+                gpxb += dpxb
+                gpyb += dpyb
+                # dL/dpa = R gh (+ nothing else), dL/dpb = R^T gq; dL/dR = gq pb^T, dL/d(R^T) = gh pa^T
+                ga0 = r00 * gh0 + r01 * gh1 + r02 * gh2
+                ga1 = r10 * gh0 + r11 * gh1 + r12 * gh2
+                ga2 = r20 * gh0 + r21 * gh1 + r22 * gh2
+                gb0 = r00 * gq0 + r10 * gq1 + r20 * gq2
+                gb1 = r01 * gq0 + r11 * gq1 + r21 * gq2
+                gb2 = r02 * gq0 + r12 * gq1 + r22 * gq2
+                g00 += gq0 * pb0
+                g01 += gq0 * pb1
+                g02 += gq0 * db
+                g10 += gq1 * pb0
+                g11 += gq1 * pb1
+                g12 += gq1 * db
+                g20 += gq2 * pb0
+                g21 += gq2 * pb1
+                g22 += gq2 * db
+                gt0 += gq0
+                gt1 += gq1
+                gt2 += gq2
+                h00 += gh0 * pa0
+                h01 += gh0 * pa1
+                h02 += gh0 * da
+                h10 += gh1 * pa0
+                h11 += gh1 * pa1
+                h12 += gh1 * da
+                h20 += gh2 * pa0
+                h21 += gh2 * pa1
+                h22 += gh2 * da
+                ht0 += gh0
+                ht1 += gh1
+                ht2 += gh2
+                gda = ga0 * ua + ga1 * va + ga2
+                sfa += ga0 * pa0 + ga1 * pa1
+                sxa += ga0 * da
+                sya += ga1 * da
+                gra += gda * ada * oa
+                gdb = gb0 * ub + gb1 * vb + gb2
+                sfb += gb0 * pb0 + gb1 * pb1
+                sxb += gb0 * db
+                syb += gb1 * db
+                grb += gdb * adb * ob
+                gbuf[c, b] = gda * faca
+                gbuf[cb, b] = gdb * facb
+        total += acc
+        gr[0], gr[1], gr[2], gr[3], gr[4], gr[5], gr[6], gr[7], gr[8] = g00, g01, g02, g10, g11, g12, g20, g21, g22
+        gt[0], gt[1], gt[2] = gt0, gt1, gt2
+        _pose_grads(g_tab, ia, ib, tab, gr, gt)
+        if stage == 2:
+            gr[0], gr[1], gr[2], gr[3], gr[4], gr[5], gr[6], gr[7], gr[8] = h00, h01, h02, h10, h11, h12, h20, h21, h22
+            gt[0], gt[1], gt[2] = ht0, ht1, ht2
+            _pose_grads(g_tab, ib, ia, tab, gr, gt)
+        g_tab[ia, 12] += gfa - sfa * ifa
+        g_tab[ia, 13] += gpxa - sxa * ifa
+        g_tab[ia, 14] += gpya - sya * ifa
+        g_tab[ia, 15] += gra
+        g_tab[ib, 12] += gfb - sfb * ifb
+        g_tab[ib, 13] += gpxb - sxb * ifb
+        g_tab[ib, 14] += gpyb - syb * ifb
+        g_tab[ib, 15] += grb
+    for c in range(2 * n_chunks):
+        for b in range(nb):
+            g_ad[anc[c, b]] += gbuf[c, b]
+    return total - rho0 * (1 if stage == 1 else 2) * _conf_sum(conf)
+
+
+def _conf_sum(conf: np.ndarray) -> float:
+    total = 0.0
+    for c in range(conf.shape[0]):
+        for b in range(conf.shape[1]):
+            total += conf[c, b]
+    return total
+
+
+if _HAVE_NUMBA:
+    _rho = numba.njit(cache=True, inline="always")(_rho)
+    _side = numba.njit(cache=True, inline="always")(_side)
+    _reproject = numba.njit(cache=True, inline="always")(_reproject)
+    _pose_grads = numba.njit(cache=True)(_pose_grads)
+    _conf_sum = numba.njit(cache=True)(_conf_sum)
+    _loss_and_grad_jit = numba.njit(cache=True, fastmath=_FASTMATH, error_model="numpy")(_loss_and_grad)
+else:  # pragma: no cover
+    _loss_and_grad_jit = None
+
+
+class _KernelMatchLoss(torch.autograd.Function):
+    """Autograd wrapper: the forward runs the kernel (loss and gradients together), the backward scales them."""
+
+    @staticmethod
+    def forward(ctx, table: Tensor, anchor_depth: Tensor, lay, stage: int, gamma: float,  # type: ignore[override]
+                intr_grad: bool) -> Tensor:
+        tab = table.detach().T.to(torch.float64).contiguous().numpy()
+        ad = anchor_depth.detach().to(torch.float64).contiguous().numpy()
+        g_tab = np.zeros_like(tab)
+        g_ad = np.zeros_like(ad)
+        arrs = lay.numpy()
+        gcode = KERNEL_GAMMAS[float(gamma)]
+        total = _loss_and_grad_jit(tab, ad, *arrs, stage, gcode, float(gamma), g_tab, g_ad)
+        norm = lay.conf_sum * (1 if stage == 1 else 2)
+        if not intr_grad:
+            g_tab[:, 12:] = 0.0
+        ctx.grads = (torch.from_numpy(g_tab).T.to(table.dtype) / norm, torch.from_numpy(g_ad).to(table.dtype) / norm)
+        return table.new_tensor(total / norm)
+
+    @staticmethod
+    def backward(ctx, gout: Tensor):  # type: ignore[override]
+        g_tab, g_ad = ctx.grads
+        ctx.grads = None
+        return g_tab * gout, g_ad * gout, None, None, None, None
+
+
+Tensor = torch.Tensor
+
+
+def kernel_match_loss(table: Tensor, anchor_depth: Tensor, layout, stage: int, gamma: float,
+                      intr_grad: bool = True) -> Tensor:
+    """Same contract as :func:`sparsega._fused.fused_match_loss` (CPU tensors only), computed by the compiled
+    kernel."""
+    if not _HAVE_NUMBA:
+        raise RuntimeError("the compiled match-loss kernel needs numba (pip install numba)")
+    if table.device.type != "cpu":
+        raise ValueError("the compiled match-loss kernel runs on CPU tensors only")
+    if float(gamma) not in KERNEL_GAMMAS:
+        raise ValueError(f"the compiled kernel supports gamma in {sorted(KERNEL_GAMMAS)}, not {gamma}")
+    if layout.n_chunks == 0:
+        return table.new_zeros(())
+    return _KernelMatchLoss.apply(table, anchor_depth, layout, stage, gamma, intr_grad)
