@@ -35,7 +35,7 @@ def run_one(args: argparse.Namespace, n: int) -> dict:
     t_sim = time.perf_counter() - t0
     t0 = time.perf_counter()
     scene = align(preds, progress=False, niter1=args.niter[0], niter2=args.niter[1], clean_depth=False,
-                  pose_init=args.pose_init)
+                  pose_init=args.pose_init, loss_backend=args.backend)
     wall = time.perf_counter() - t0
     m = metrics.camera_metrics(scene.cam2w.astype(np.float64), sc.cam2w, scene.focals, sc.focals, sc.extent)
     tim = scene.info["timings_s"]
@@ -53,7 +53,7 @@ def run_one(args: argparse.Namespace, n: int) -> dict:
         "rot_err_med": round(float(m["rot_err_med"]), 4), "ate_rel": round(float(m["ate_rel"]), 5),
         "rra5": round(float(m["rra5"]), 4), "rta5": round(float(m["rta5"]), 4),
         "focal_err_med": round(float(m["focal_err_med"]), 5), "threads": args.threads,
-        "optimizer": "adam", "pose_init": args.pose_init,
+        "optimizer": "adam", "pose_init": args.pose_init, "loss_backend": args.backend,
     }
 
 
@@ -68,6 +68,8 @@ def main() -> None:
     ap.add_argument("--big-n", type=int, default=128)
     ap.add_argument("--pose-init", default="procrustes", choices=["procrustes", "identity"])
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--backend", default="auto", choices=["auto", "kernel", "fused", "autograd"],
+                    help="match-loss implementation (AlignConfig.loss_backend)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--_one", type=int, help=argparse.SUPPRESS)

@@ -11,9 +11,9 @@ import pytest
 import torch
 
 from sparsega.cache import CacheDir
-from sparsega.errors import ConfigError, InputError
+from sparsega.errors import CacheError, ConfigError, InputError
 from sparsega.images import LoadedImage, load_images
-from sparsega.inference import run_pairs
+from sparsega.inference import CachedPredictions, run_pairs
 from sparsega.model import MASt3RNet, load_checkpoint
 from sparsega.pairs import make_pairs
 
@@ -105,6 +105,30 @@ def test_cache_hit_skips_network(net: MASt3RNet, images: list[LoadedImage], tmp_
     flipped = run_pairs(net, images, pairs[:, ::-1], cache=cache, progress=False)
     assert counter.decode_calls == 0
     assert_same([p.swapped() for p in first], flipped, exact=True)
+
+
+def test_stream_reads_predictions_back_from_the_cache(net: MASt3RNet, images: list[LoadedImage], tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """stream=True keeps nothing in memory: a lazy sequence over the cache entries, equal to the eager list bit for
+    bit, on the first run (computed) and on a rerun (all hits, in the other orientation too)."""
+    pairs = make_pairs(4, "swin-2")
+    eager = run_pairs(net, images, pairs, progress=False)
+    cache = CacheDir(tmp_path / "cache", net.identity)
+    lazy = run_pairs(net, images, pairs, cache=cache, progress=False, stream=True)
+    assert isinstance(lazy, CachedPredictions) and len(lazy) == len(eager)
+    assert_same(eager, list(lazy), exact=True)
+    counter = CallCounter(net, monkeypatch)
+    again = run_pairs(net, images, pairs[:, ::-1], cache=cache, progress=False, stream=True)
+    assert counter.decode_calls == 0
+    assert_same([p.swapped() for p in eager], list(again), exact=True)
+    np.testing.assert_array_equal(again.pairs, pairs[:, ::-1][: len(again)])
+    # an entry removed while the sequence is in use: a clear error, not a silent gap
+    cache_store = lazy.store
+    cache_store.delete(lazy.entries[0][2])
+    with pytest.raises(CacheError, match="disappeared from the cache"):
+        lazy[0]
+    with pytest.raises(ConfigError, match="needs a cache"):
+        run_pairs(net, images, pairs, progress=False, stream=True)
 
 
 def test_cache_key_depends_on_matching_parameters(net: MASt3RNet, images: list[LoadedImage], tmp_path: Path,

@@ -217,9 +217,15 @@ def test_aligner_parameter_gradients_match(dtype, stage, impl):
 @pytest.mark.parametrize("impl", IMPL_PARAMS)
 @pytest.mark.parametrize("dt,max_deg", [("float64", 0.1), pytest.param("float32", 0.3, marks=pytest.mark.slow)])
 def test_full_alignment_fast_matches_naive(dt, max_deg, impl):
-    """Same cameras from the fast and the autograd losses. In float32 this 5-view scene's result moves by ~0.06-0.09
-    deg with the summation order alone (two autograd runs with different match orders), hence the looser bound; in float64 two autograd runs
-    with different match orders differ by ~0.02 deg (Adam amplifies round-off along near-flat directions)."""
+    """Same cameras from the fast and the autograd losses. This 5-view scene's result moves with round-off alone:
+    in float32 by ~0.06-0.09 deg with the summation order (two autograd runs with different match orders), hence
+    the looser bound; in float64 by ~0.02 deg for the torch paths. With the compiled kernel and camera model, float64
+    results move by up to ~0.08 deg between two match orders (three of the five scale factors sit within 1e-4 of
+    each other, and which one is the minimum that sets the global scale flips with round-off), so the kernel gets
+    the float32 bound: its gradients themselves agree to 1e-14 (the tests above)."""
+    if impl == "kernel":
+        max_deg = 0.3
+    t_tol = 2e-3 if max_deg <= 0.1 else 5e-3  # relative to the camera spread, scaled with the angular bound
     sc, preds = _orbit_preds()
     cams = {}
     for backend in (impl, "autograd"):
@@ -234,7 +240,7 @@ def test_full_alignment_fast_matches_naive(dt, max_deg, impl):
     assert float(ang.max()) * 180 / np.pi < max_deg
     np.testing.assert_allclose(cams[True].focals, cams[False].focals, rtol=2e-3)
     spread = float(np.linalg.norm(b[:, :3, 3], axis=1).max())
-    assert float(np.linalg.norm(a[:, :3, 3] - b[:, :3, 3], axis=1).max()) < 2e-3 * spread
+    assert float(np.linalg.norm(a[:, :3, 3] - b[:, :3, 3], axis=1).max()) < t_tol * spread
 
 
 @needs_numba
@@ -260,3 +266,56 @@ def test_kernel_propagates_non_finite_inputs():
     depth[int(anchor[0, 0])] = float("nan")
     for stage in (1, 2):
         assert not torch.isfinite(kernel_match_loss(table, depth, lay, stage, 1.5))
+
+
+@needs_numba
+@pytest.mark.parametrize("shared", [False, True])
+@pytest.mark.parametrize("case", ["random", "ties_and_clamps"])
+def test_compiled_camera_model_matches_torch(dtype, shared, case):
+    """The compiled camera model (values and analytic gradients of every parameter) against the torch cameras()
+    + camera_table() under autograd, for random weights on the table and the anchor depths. ``ties_and_clamps``:
+    all sizes equal (the identity initialisation: torch shares the min's gradient evenly among ties), one focal
+    clipped at its upper bound, and non-unit quaternions."""
+    problem = _problem(dtype)
+    al = SparseAligner(problem, AlignConfig(shared_intrinsics=shared))
+    g = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        al.quats.add_(0.05 * torch.randn(al.quats.shape, generator=g, dtype=dtype)).mul_(1.3)
+        al.trans.add_(0.05 * torch.randn(al.trans.shape, generator=g, dtype=dtype))
+        al.log_focals.add_(0.1 * torch.randn(al.log_focals.shape, generator=g, dtype=dtype))
+        al.pps.add_(0.01 * torch.randn(al.pps.shape, generator=g, dtype=dtype))
+        al.core_depth.mul_(1 + 0.1 * torch.rand(al.core_depth.shape, generator=g, dtype=dtype))
+        if case == "random":
+            al.log_sizes.add_(0.1 * torch.randn(al.log_sizes.shape, generator=g, dtype=dtype))
+        else:
+            al.log_sizes.zero_()
+            al.log_focals[-1] = float(al.max_focals.max().log()) + 1
+    params = al._params()
+    wt = torch.randn(17, problem.n_images, generator=g, dtype=dtype)
+    wa = torch.randn(al.core_depth.shape, generator=g, dtype=dtype)
+    out = {}
+    for backend in ("kernel", "fused"):
+        al.backend = backend
+        for t in params.values():
+            t.requires_grad_(True)
+            t.grad = None
+        table, depth, _ = al.table_and_depths()
+        ((table * wt).sum() + (depth * wa).sum()).backward()
+        out[backend] = (table.detach(), depth.detach(), {k: t.grad.clone() for k, t in params.items()})
+    tol = TOL[dtype]
+    _close(out["kernel"][0], out["fused"][0], tol)
+    _close(out["kernel"][1], out["fused"][1], tol)
+    for k in params:
+        _close(out["kernel"][2][k], out["fused"][2][k], tol)
+    if case == "ties_and_clamps" and not shared:
+        assert float(out["fused"][2]["log_focals"][-1]) == 0  # the clamp really stops that focal's gradient
+
+
+@needs_numba
+def test_known_poses_use_the_torch_camera_model():
+    al = SparseAligner(_problem(torch.float64), AlignConfig())
+    assert al.table_and_depths()[2] is None  # compiled camera model: no cam2w
+    n = al.p.n_images
+    eye = torch.eye(3, dtype=torch.float64).expand(n, 3, 3)
+    al.install_known_poses(eye, torch.zeros(n, 3, dtype=torch.float64), torch.ones(n, dtype=torch.bool), False, 1.0)
+    assert al.table_and_depths()[2] is not None

@@ -501,7 +501,7 @@ def align_or_split(preds: Sequence[Any], cfg: AlignConfig, **kw: Any) -> tuple[A
     from .alignment import align
     from .components import align_components, split_components
 
-    if split_components(list(preds), kw.get("n_images")).connected:
+    if split_components(preds, kw.get("n_images")).connected:
         return align(preds, cfg, **kw), None
     return None, align_components(list(preds), cfg, **kw)
 

@@ -82,7 +82,7 @@ def split_components(predictions: Sequence[PairPrediction], n_images: int | None
     """
     if link not in LINK_MODES:
         raise ConfigError(f"link={link!r}: must be one of {', '.join(LINK_MODES)}")
-    if not isinstance(predictions, (list, tuple)) or not predictions:
+    if not isinstance(predictions, Sequence) or isinstance(predictions, (str, bytes)) or not len(predictions):
         raise InputError("no pair predictions to align")
     for p in predictions:
         if not isinstance(p, PairPrediction):

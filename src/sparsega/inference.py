@@ -29,7 +29,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .cache import ArrayStore, CacheDir, load_pair, pair_key, save_pair
-from .errors import ConfigError, InputError
+from .errors import CacheError, ConfigError, InputError
 from .images import LoadedImage
 from .matching import extract_correspondences, match_pointmaps_3d, pair_score
 from .types import PairPrediction
@@ -222,6 +222,47 @@ def _cache_lookup(store: ArrayStore, images: Sequence[LoadedImage], i: int, j: i
     return pred
 
 
+def _cache_find(store: ArrayStore, images: Sequence[LoadedImage], i: int, j: int, identity: str, subsample: int,
+                desc_conf: str) -> tuple[str, bool] | None:
+    """``(key, swapped)`` of a readable cache entry of (i, j) in either orientation (read once to validate it, then
+    dropped), or None."""
+    key = pair_cache_key(images[i], images[j], identity, subsample, desc_conf)
+    if load_pair(store, key, i, j) is not None:
+        return key, False
+    if i != j:
+        key = pair_cache_key(images[j], images[i], identity, subsample, desc_conf)
+        if load_pair(store, key, j, i) is not None:
+            return key, True
+    return None
+
+
+class CachedPredictions(Sequence[PairPrediction]):
+    """Pair predictions read from the on-disk cache on access: only the pair being used is in memory, so a
+    thousand-view scene's full-resolution maps are streamed, never held together (``run_pairs(stream=True)``).
+
+    ``entries``: one ``(i, j, key, swapped)`` per pair (``swapped``: stored as (j, i))."""
+
+    def __init__(self, store: ArrayStore, entries: Sequence[tuple[int, int, str, bool]]) -> None:
+        self.store = store
+        self.entries = list(entries)
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def __getitem__(self, k: int) -> PairPrediction:  # type: ignore[override]
+        i, j, key, swapped = self.entries[k]
+        pred = load_pair(self.store, key, j, i) if swapped else load_pair(self.store, key, i, j)
+        if pred is None:
+            raise CacheError(f"pair ({i}, {j}) disappeared from the cache {self.store.root} while in use "
+                             "(deleted or corrupted meanwhile?): run again")
+        return pred.swapped() if swapped else pred
+
+    @property
+    def pairs(self) -> np.ndarray:
+        """(P, 2) image indices of the pairs, in order."""
+        return np.array([(i, j) for i, j, _, _ in self.entries], dtype=np.int64).reshape(-1, 2)
+
+
 @torch.inference_mode()
 def run_pairs(
     net: Any,
@@ -235,7 +276,8 @@ def run_pairs(
     autocast: str | None = None,
     progress: bool = True,
     stats: dict[str, Any] | None = None,
-) -> list[PairPrediction]:
+    stream: bool = False,
+) -> Sequence[PairPrediction]:
     """Network predictions + matches for the pairs of a scene graph.
 
     Args:
@@ -252,9 +294,13 @@ def run_pairs(
         progress: show a tqdm progress bar.
         stats: if a dict is given, it receives counts ``n_pairs``, ``cache_hits``, ``computed``, ``encoded`` (images)
             and wall times ``encode_s``, ``decode_s`` (decoders + heads), ``matching_s``.
+        stream: (needs ``cache``) keep no prediction in memory: each is written to the cache as soon as it is
+            computed and the result is a :class:`CachedPredictions` that reads them back on access, so memory does
+            not grow with the number of pairs.
 
     Returns:
-        list of :class:`PairPrediction`, float32 arrays in network pixels.
+        one :class:`PairPrediction` per pair (a list, or a :class:`CachedPredictions` with ``stream``), float32
+        arrays in network pixels.
     """
     if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
         raise ConfigError(f"batch_size={batch_size!r}: must be an integer >= 1")
@@ -264,6 +310,8 @@ def run_pairs(
         raise ConfigError(f"subsample={subsample!r}: must be a positive integer")
     if len(images) == 0:
         raise InputError("no images given")
+    if stream and cache is None:
+        raise ConfigError("run_pairs(stream=True) needs a cache to stream the predictions from")
     todo_all = _check_pairs(pairs, len(images))
     device = net.device
     amp = _autocast_ctx(autocast, device)
@@ -271,16 +319,23 @@ def run_pairs(
     store = cache.store(CACHE_NAMESPACE) if cache is not None else None
 
     results: dict[tuple[int, int], PairPrediction] = {}
+    found: dict[tuple[int, int], tuple[str, bool]] = {}  # stream: where each pair's entry is
     if store is not None:
         for i, j in todo_all.tolist():
+            if stream:
+                hit = _cache_find(store, images, i, j, identity, subsample, desc_conf)
+                if hit is not None:
+                    found[(i, j)] = hit
+                continue
             pred = _cache_lookup(store, images, i, j, identity, subsample, desc_conf)
             if pred is not None:
                 results[(i, j)] = pred
-    todo = np.array([p for p in todo_all.tolist() if tuple(p) not in results], dtype=np.int64).reshape(-1, 2)
-    logger.info("%d pairs: %d from the cache, %d to compute", len(todo_all), len(results), len(todo))
+    have = found if stream else results
+    todo = np.array([p for p in todo_all.tolist() if tuple(p) not in have], dtype=np.int64).reshape(-1, 2)
+    logger.info("%d pairs: %d from the cache, %d to compute", len(todo_all), len(have), len(todo))
 
     bank = _FeatureBank(net, images, todo, int(batch_size))
-    bar = tqdm(total=len(todo_all), initial=len(results), desc="network", unit="pair", disable=not progress)
+    bar = tqdm(total=len(todo_all), initial=len(have), desc="network", unit="pair", disable=not progress)
     net_s = match_s = 0.0
     try:
         with amp:
@@ -295,8 +350,11 @@ def run_pairs(
                     pred = predict_pair(i, j, r11, r21, r22, r12, subsample=int(subsample), desc_conf=desc_conf)
                     match_s += time.perf_counter() - t0
                     if store is not None:
-                        save_pair(store, pair_cache_key(images[i], images[j], identity, subsample, desc_conf), pred)
-                    results[(i, j)] = pred
+                        key = pair_cache_key(images[i], images[j], identity, subsample, desc_conf)
+                        save_pair(store, key, pred)
+                        found[(i, j)] = (key, False)
+                    if not stream:
+                        results[(i, j)] = pred
                     bank.release(i, j)
                     bar.update(1)
     finally:
@@ -305,7 +363,9 @@ def run_pairs(
         stats.update(n_pairs=len(todo_all), cache_hits=len(todo_all) - len(todo), computed=len(todo),
                      encoded=len(bank.encoded), encode_s=bank.encode_s, decode_s=net_s - bank.encode_s,
                      matching_s=match_s)
+    if stream and store is not None:
+        return CachedPredictions(store, [(i, j, *found[(i, j)]) for i, j in todo_all.tolist()])
     return [results[(i, j)] for i, j in todo_all.tolist()]
 
 
-__all__ = ["run_pairs", "predict_pair", "pair_cache_key", "CACHE_NAMESPACE"]
+__all__ = ["run_pairs", "predict_pair", "pair_cache_key", "CachedPredictions", "CACHE_NAMESPACE"]

@@ -169,8 +169,10 @@ def reconstruct(
                               num_workers=workers, subsample=cfg.subsample, desc_conf=desc_conf,
                               batch_size=batch_size, autocast=autocast, device=device, progress=progress, stats=stats)
     else:
+        # with a cache, predictions stream from disk into the aligner (memory independent of the number of pairs)
         preds = run_pairs(net, images, pairs, subsample=cfg.subsample, desc_conf=desc_conf, cache=cache,
-                          batch_size=batch_size, autocast=autocast, progress=progress, stats=stats)
+                          batch_size=batch_size, autocast=autocast, progress=progress, stats=stats,
+                          stream=cache is not None)
     timings["inference"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
