@@ -15,7 +15,8 @@ def test_defaults_are_reference():
 @pytest.mark.parametrize(
     "overrides,word",
     [({"niter1": -1}, "niter1"), ({"lr2": 0.0}, "lr2"), ({"subsample": 3}, "subsample"),
-     ({"kinematic_mode": "nope"}, "kinematic_mode"), ({"bogus": 1}, "bogus"), ({"lr1": float("nan")}, "lr1")],
+     ({"kinematic_mode": "nope"}, "kinematic_mode"), ({"bogus": 1}, "bogus"), ({"lr1": float("nan")}, "lr1"),
+     ({"lr1_procrustes": 0.0}, "lr1_procrustes"), ({"loss_backend": "simd"}, "loss_backend")],
 )
 def test_bad_options_name_the_field(overrides, word):
     with pytest.raises(ConfigError, match=word):

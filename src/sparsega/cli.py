@@ -25,7 +25,7 @@ from typing import Any, Callable
 import numpy as np
 
 from .errors import ConfigError, InputError, SparsegaError
-from .types import CANONICAL_MODES, DTYPES, KINEMATIC_MODES, AlignConfig
+from .types import CANONICAL_MODES, DTYPES, KINEMATIC_MODES, LOSS_BACKENDS, POSE_INITS, AlignConfig
 
 log = logging.getLogger("sparsega")
 
@@ -36,6 +36,7 @@ ALIGN_FLAGS: dict[str, Any] = {
     "subsample": int, "matching_conf_thr": float, "canonical_mode": str, "kinematic_mode": str,
     "niter1": int, "niter2": int, "lr1": float, "lr2": float, "shared_intrinsics": None,
     "device": str, "dtype": str, "fix_intrinsics": None, "fix_poses": None,
+    "pose_init": str, "lr1_procrustes": float, "loss_backend": str,
 }
 
 
@@ -77,6 +78,12 @@ def _align(p: argparse.ArgumentParser, scene_graph: bool = True) -> None:
     g.add_argument("--niter2", type=int, metavar="N", help="stage-2 iterations (300)")
     g.add_argument("--lr1", type=float, metavar="X", help="stage-1 learning rate (0.07)")
     g.add_argument("--lr2", type=float, metavar="X", help="stage-2 learning rate (0.01)")
+    g.add_argument("--pose-init", choices=POSE_INITS,
+                   help="stage-1 start: chained pairwise Procrustes poses (procrustes) or the reference's identity")
+    g.add_argument("--lr1-procrustes", type=float, metavar="X",
+                   help="stage-1 learning rate when starting from the Procrustes poses (0.007)")
+    g.add_argument("--loss-backend", choices=LOSS_BACKENDS,
+                   help="match-loss implementation: compiled kernel on CPU (auto), fused torch, or plain autograd")
     g.add_argument("--shared-intrinsics", action="store_true", default=None, help="one camera for all images")
     g.add_argument("--device", metavar="DEV", help="cpu or cuda[:k] (cpu)")
     g.add_argument("--dtype", choices=DTYPES, help="optimisation precision (float32)")

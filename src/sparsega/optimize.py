@@ -345,7 +345,8 @@ class SparseAligner:
             self.log_focals = problem.base_focals.log().clone()
 
         # chained pairwise poses (pose_init="procrustes"); the reference starts from identity
-        if config.pose_init == "procrustes" and problem.init_R is not None:
+        self.warm_start = config.pose_init == "procrustes" and problem.init_R is not None
+        if self.warm_start:
             self.log_sizes.copy_(problem.init_log_sizes)
             self.set_absolute_poses(problem.init_R, problem.init_C * (1 / self.log_sizes.exp().min()))
 
@@ -623,7 +624,8 @@ class SparseAligner:
         """Run stage 1 (3D matching; poses + scales) or 2 (2D reprojection; + intrinsics, depths)."""
         cfg, p = self.cfg, self.p
         if stage == 1:
-            names, niter, lr_base = ["quats", "trans", "log_sizes"], cfg.niter1, cfg.lr1
+            names, niter = ["quats", "trans", "log_sizes"], cfg.niter1
+            lr_base = cfg.lr1_procrustes if self.warm_start else cfg.lr1
             gamma, name = cfg.loss_gamma1, "stage 1 (3D)"
         else:
             names = ["quats", "trans", "log_sizes", "log_focals"]
