@@ -20,6 +20,7 @@ the distance's square is clamped at 1e-30), so the fused losses are the naive on
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -60,8 +61,9 @@ class MatchLayout:
     def n_chunks(self) -> int:
         return int(self.conf.shape[0])
 
-    def numpy(self) -> tuple[np.ndarray, ...]:
-        """``(img, x, y, off_m1, anchor, conf)`` as numpy arrays (zero-copy views; CPU layouts only)."""
+    @functools.cached_property
+    def arrays(self) -> tuple[np.ndarray, ...]:
+        """``(img, x, y, off_m1, anchor, conf)`` as numpy arrays (zero-copy views of the CPU tensors, made once)."""
         return tuple(t.contiguous().numpy() for t in (self.img, self.x, self.y, self.off_m1, self.anchor, self.conf))
 
 

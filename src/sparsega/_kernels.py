@@ -579,7 +579,7 @@ class _KernelMatchLoss(torch.autograd.Function):
         ad = anchor_depth.detach().to(torch.float64).contiguous().numpy()
         g_tab = np.zeros_like(tab)
         g_ad = np.zeros_like(ad)
-        arrs = lay.numpy()
+        arrs = lay.arrays
         gcode = KERNEL_GAMMAS[float(gamma)]
         total = _loss_and_grad_jit(tab, ad, *arrs, stage, gcode, float(gamma), g_tab, g_ad)
         norm = lay.conf_sum * (1 if stage == 1 else 2)
