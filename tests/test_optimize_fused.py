@@ -327,3 +327,32 @@ def test_without_numba_auto_uses_the_torch_path(monkeypatch):
     with pytest.raises(ConfigError, match="needs numba"):
         resolve_backend(AlignConfig(loss_backend="kernel"))
     assert resolve_backend(AlignConfig(device="cuda")) == "fused"
+
+
+@needs_numba
+def test_kernel_is_safe_from_several_threads_and_thread_count_invariant():
+    """Two alignments at once from Python threads (the parallel kernel is serialised, never re-entered), and the
+    same cameras as a sequential run with one numba thread: the per-chunk results are reduced in chunk order."""
+    import threading
+
+    _, preds = _orbit_preds()
+    kw = dict(progress=False, niter1=30, niter2=30, clean_depth=False, dtype="float64")
+    torch_threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        ref = align(preds, **kw).cam2w
+    finally:
+        torch.set_num_threads(torch_threads)
+    out: dict[int, np.ndarray] = {}
+
+    def run(k: int) -> None:
+        out[k] = align(preds, **kw).cam2w
+
+    threads = [threading.Thread(target=run, args=(k,)) for k in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert sorted(out) == [0, 1]
+    for k in out:
+        np.testing.assert_array_equal(out[k], ref)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import math
+import threading
 from dataclasses import dataclass
 
 import numpy as np
@@ -40,6 +41,12 @@ _SQ_MIN = 1e-30
 _FASTMATH = {"reassoc", "contract", "nsz"}
 _Z_MIN = 1e-3
 _PIX_MIN, _PIX_MAX = -1000.0, 2000.0
+
+
+_prange = numba.prange if _HAVE_NUMBA else range
+# numba's default ("workqueue") threading layer must not be entered from two Python threads at once (it aborts the
+# process): parallel kernels are serialised across threads
+_LOCK = threading.Lock()
 
 
 def available() -> bool:
@@ -138,14 +145,15 @@ def _loss_and_grad(tab: np.ndarray, ad: np.ndarray, img: np.ndarray, xs: np.ndar
     off = (1.0 / gamma) ** (1.0 / (gamma - 1.0)) if gamma != 1.0 else 0.0
     rho0 = off**gamma
     total = 0.0
-    gr = np.empty(9)
-    gt = np.empty(3)
     gbuf = np.empty((2 * n_chunks, nb))
     adg = np.empty((2 * n_chunks, nb))  # anchor depths gathered first: a gather in the loop prevents SIMD
-    for c in range(2 * n_chunks):
+    for c in _prange(2 * n_chunks):
         for b in range(nb):
             adg[c, b] = ad[anc[c, b]]
-    for c in range(n_chunks):
+    # per-chunk results [loss, dR_ab (9), dt_ab (3), dR_ba (9), dt_ba (3), A: df dppx dppy dr15, B: same], reduced
+    # in chunk order after the (parallel) loop: the result does not depend on the number of threads
+    out = np.empty((n_chunks, 33))
+    for c in _prange(n_chunks):
         ia = img[c]
         ib = img[n_chunks + c]
         cb = n_chunks + c
@@ -291,22 +299,24 @@ def _loss_and_grad(tab: np.ndarray, ad: np.ndarray, img: np.ndarray, xs: np.ndar
                 grb += gdb * adb * ob
                 gbuf[c, b] = gda * faca
                 gbuf[cb, b] = gdb * facb
-        total += acc
-        gr[0], gr[1], gr[2], gr[3], gr[4], gr[5], gr[6], gr[7], gr[8] = g00, g01, g02, g10, g11, g12, g20, g21, g22
-        gt[0], gt[1], gt[2] = gt0, gt1, gt2
-        _pose_grads(g_tab, ia, ib, tab, gr, gt)
+        o = out[c]
+        o[0] = acc
+        o[1], o[2], o[3], o[4], o[5], o[6], o[7], o[8], o[9] = g00, g01, g02, g10, g11, g12, g20, g21, g22
+        o[10], o[11], o[12] = gt0, gt1, gt2
+        o[13], o[14], o[15], o[16], o[17], o[18], o[19], o[20], o[21] = h00, h01, h02, h10, h11, h12, h20, h21, h22
+        o[22], o[23], o[24] = ht0, ht1, ht2
+        o[25], o[26], o[27], o[28] = gfa - sfa * ifa, gpxa - sxa * ifa, gpya - sya * ifa, gra
+        o[29], o[30], o[31], o[32] = gfb - sfb * ifb, gpxb - sxb * ifb, gpyb - syb * ifb, grb
+    for c in range(n_chunks):
+        ia = img[c]
+        ib = img[n_chunks + c]
+        total += out[c, 0]
+        _pose_grads(g_tab, ia, ib, tab, out[c, 1:10], out[c, 10:13])
         if stage == 2:
-            gr[0], gr[1], gr[2], gr[3], gr[4], gr[5], gr[6], gr[7], gr[8] = h00, h01, h02, h10, h11, h12, h20, h21, h22
-            gt[0], gt[1], gt[2] = ht0, ht1, ht2
-            _pose_grads(g_tab, ib, ia, tab, gr, gt)
-        g_tab[ia, 12] += gfa - sfa * ifa
-        g_tab[ia, 13] += gpxa - sxa * ifa
-        g_tab[ia, 14] += gpya - sya * ifa
-        g_tab[ia, 15] += gra
-        g_tab[ib, 12] += gfb - sfb * ifb
-        g_tab[ib, 13] += gpxb - sxb * ifb
-        g_tab[ib, 14] += gpyb - syb * ifb
-        g_tab[ib, 15] += grb
+            _pose_grads(g_tab, ib, ia, tab, out[c, 13:22], out[c, 22:25])
+        for k in range(4):
+            g_tab[ia, 12 + k] += out[c, 25 + k]
+            g_tab[ib, 12 + k] += out[c, 29 + k]
     for c in range(2 * n_chunks):
         for b in range(nb):
             g_ad[anc[c, b]] += gbuf[c, b]
@@ -561,12 +571,20 @@ if _HAVE_NUMBA:
     _reproject = numba.njit(cache=True, inline="always")(_reproject)
     _pose_grads = numba.njit(cache=True)(_pose_grads)
     _conf_sum = numba.njit(cache=True)(_conf_sum)
-    _loss_and_grad_jit = numba.njit(cache=True, fastmath=_FASTMATH, error_model="numpy")(_loss_and_grad)
+    _loss_and_grad_jit = numba.njit(cache=True, fastmath=_FASTMATH, error_model="numpy", parallel=True)(
+        _loss_and_grad)
     _camera_model = numba.njit(cache=True)(_camera_model)
     _camera_forward_jit = numba.njit(cache=True)(_camera_forward)
     _camera_backward_jit = numba.njit(cache=True)(_camera_backward)
 else:  # pragma: no cover
     _loss_and_grad_jit = _camera_forward_jit = _camera_backward_jit = None
+
+
+def _match_threads() -> None:
+    """Use as many numba threads as torch does (``torch.set_num_threads`` governs both)."""
+    want = max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS))
+    if numba.get_num_threads() != want:
+        numba.set_num_threads(want)
 
 
 class _KernelMatchLoss(torch.autograd.Function):
@@ -581,7 +599,9 @@ class _KernelMatchLoss(torch.autograd.Function):
         g_ad = np.zeros_like(ad)
         arrs = lay.arrays
         gcode = KERNEL_GAMMAS[float(gamma)]
-        total = _loss_and_grad_jit(tab, ad, *arrs, stage, gcode, float(gamma), g_tab, g_ad)
+        with _LOCK:
+            _match_threads()
+            total = _loss_and_grad_jit(tab, ad, *arrs, stage, gcode, float(gamma), g_tab, g_ad)
         norm = lay.conf_sum * (1 if stage == 1 else 2)
         if not intr_grad:
             g_tab[:, 12:] = 0.0
