@@ -113,6 +113,9 @@ def test_sigkill_during_inference_then_resume(images, reference, tmp_path):
     assert proc.returncode == -signal.SIGKILL
     assert not out.exists()  # nothing half-written in OUT
     done = _entries(cache)
+    # a write cut by the kill may leave its temporary file: young temporaries are kept by design (they may belong to
+    # a live writer; cleaned after STALE_TEMP_AGE_S) and never read as entries
+    killed_tmp = set(cache.rglob(f"*{TEMP_SUFFIX}"))
     assert 2 <= len(done) < n_total, (len(done), n_total)
 
     res = subprocess.run(_cmd(images, out, cache), capture_output=True, text=True, timeout=600)
@@ -121,7 +124,7 @@ def test_sigkill_during_inference_then_resume(images, reference, tmp_path):
     assert len(after) == n_total
     for path, mtime in done.items():  # finished pairs were not recomputed: their files were not rewritten
         assert after.get(path) == mtime, path
-    assert not list(cache.rglob(f"*{TEMP_SUFFIX}"))
+    assert set(cache.rglob(f"*{TEMP_SUFFIX}")) <= killed_tmp  # the rerun leaves none of its own
     _same_scene(_load(out), _load(ref_out))
 
 
