@@ -107,6 +107,15 @@ def _side(xs: np.ndarray, ys: np.ndarray, offm1: np.ndarray, adg: np.ndarray, ro
     return x, y, o, a, fac, d, u, v, u * d, v * d
 
 
+def _point_grads(g0: float, g1: float, g2: float, u: float, v: float, p0: float, p1: float, d: float, a: float,
+                 o: float, fac: float) -> tuple[float, float, float, float, float]:
+    """The gradient ``g = dL/dpc`` of one match end's camera-frame point ``pc = d (u, v, 1)`` (see :func:`_side`)
+    pushed back: ``dL/d(anchor depth)``, the per-chunk sums ``g . (pc_x, pc_y)``, ``g_x d``, ``g_y d`` (their factor
+    ``-1/f`` is applied once per chunk) and ``dL/d(f0/f)``."""
+    gd = g0 * u + g1 * v + g2
+    return gd * fac, g0 * p0 + g1 * p1, g0 * d, g1 * d, gd * a * o
+
+
 def _reproject(p0: float, p1: float, p2: float, f: float, px: float, py: float, x: float, y: float, cf: float,
                gcode: int, gamma: float, off: float) -> tuple[float, float, float, float, float, float, float]:
     """Robust reprojection term of camera-frame point ``p`` at pixel ``(x, y)`` and its gradients: returns
@@ -132,8 +141,9 @@ def _reproject(p0: float, p1: float, p2: float, f: float, px: float, py: float, 
 
 def _loss_and_grad(tab: np.ndarray, ad: np.ndarray, img: np.ndarray, xs: np.ndarray, ys: np.ndarray,
                    offm1: np.ndarray, anc: np.ndarray, conf: np.ndarray, stage: int, gcode: int, gamma: float,
-                   g_tab: np.ndarray, g_ad: np.ndarray) -> float:
-    """Sum over matches of ``conf * (rho(r) - rho(0))`` (stage 1: both ends' 3D distance; stage 2: reprojection
+                   off: float, g_tab: np.ndarray, g_ad: np.ndarray) -> float:
+    """Sum over matches of ``conf * rho(r)`` with ``rho(r) = (r + off)^gamma`` (``off``: see
+    :func:`sparsega.optimize.gamma_offset`; stage 1: both ends' 3D distance; stage 2: reprojection
     error of each end into the other image, both terms summed); gradients w.r.t. ``tab (N, 17)`` and ``ad (A,)``
     are ADDED to ``g_tab`` and ``g_ad`` (float64, unscaled).
 
@@ -142,8 +152,6 @@ def _loss_and_grad(tab: np.ndarray, ad: np.ndarray, img: np.ndarray, xs: np.ndar
     buffered per match and scattered after the loop.
     """
     n_chunks, nb = conf.shape
-    off = (1.0 / gamma) ** (1.0 / (gamma - 1.0)) if gamma != 1.0 else 0.0
-    rho0 = off**gamma
     total = 0.0
     gbuf = np.empty((2 * n_chunks, nb))
     adg = np.empty((2 * n_chunks, nb))  # anchor depths gathered first: a gather in the loop prevents SIMD
@@ -221,18 +229,18 @@ def _loss_and_grad(tab: np.ndarray, ad: np.ndarray, img: np.ndarray, xs: np.ndar
                 gt1 -= ga1
                 gt2 -= ga2
                 # camera-frame points -> intrinsics and anchor depths
-                gda = ga0 * ua + ga1 * va + ga2
-                sfa += ga0 * pa0 + ga1 * pa1
-                sxa += ga0 * da
-                sya += ga1 * da
-                gra += gda * ada * oa
-                gdb = gb0 * ub + gb1 * vb + gb2
-                sfb += gb0 * pb0 + gb1 * pb1
-                sxb += gb0 * db
-                syb += gb1 * db
-                grb += gdb * adb * ob
-                gbuf[c, b] = gda * faca
-                gbuf[cb, b] = gdb * facb
+                gda, dsf, dsx, dsy, dgr = _point_grads(ga0, ga1, ga2, ua, va, pa0, pa1, da, ada, oa, faca)
+                sfa += dsf
+                sxa += dsx
+                sya += dsy
+                gra += dgr
+                gdb, dsf, dsx, dsy, dgr = _point_grads(gb0, gb1, gb2, ub, vb, pb0, pb1, db, adb, ob, facb)
+                sfb += dsf
+                sxb += dsx
+                syb += dsy
+                grb += dgr
+                gbuf[c, b] = gda
+                gbuf[cb, b] = gdb
         else:
             for b in range(nb):
                 cf = conf[c, b]
@@ -287,18 +295,18 @@ def _loss_and_grad(tab: np.ndarray, ad: np.ndarray, img: np.ndarray, xs: np.ndar
                 ht0 += gh0
                 ht1 += gh1
                 ht2 += gh2
-                gda = ga0 * ua + ga1 * va + ga2
-                sfa += ga0 * pa0 + ga1 * pa1
-                sxa += ga0 * da
-                sya += ga1 * da
-                gra += gda * ada * oa
-                gdb = gb0 * ub + gb1 * vb + gb2
-                sfb += gb0 * pb0 + gb1 * pb1
-                sxb += gb0 * db
-                syb += gb1 * db
-                grb += gdb * adb * ob
-                gbuf[c, b] = gda * faca
-                gbuf[cb, b] = gdb * facb
+                gda, dsf, dsx, dsy, dgr = _point_grads(ga0, ga1, ga2, ua, va, pa0, pa1, da, ada, oa, faca)
+                sfa += dsf
+                sxa += dsx
+                sya += dsy
+                gra += dgr
+                gdb, dsf, dsx, dsy, dgr = _point_grads(gb0, gb1, gb2, ub, vb, pb0, pb1, db, adb, ob, facb)
+                sfb += dsf
+                sxb += dsx
+                syb += dsy
+                grb += dgr
+                gbuf[c, b] = gda
+                gbuf[cb, b] = gdb
         o = out[c]
         o[0] = acc
         o[1], o[2], o[3], o[4], o[5], o[6], o[7], o[8], o[9] = g00, g01, g02, g10, g11, g12, g20, g21, g22
@@ -320,14 +328,6 @@ def _loss_and_grad(tab: np.ndarray, ad: np.ndarray, img: np.ndarray, xs: np.ndar
     for c in range(2 * n_chunks):
         for b in range(nb):
             g_ad[anc[c, b]] += gbuf[c, b]
-    return total - rho0 * (1 if stage == 1 else 2) * _conf_sum(conf)
-
-
-def _conf_sum(conf: np.ndarray) -> float:
-    total = 0.0
-    for c in range(conf.shape[0]):
-        for b in range(conf.shape[1]):
-            total += conf[c, b]
     return total
 
 
@@ -568,9 +568,9 @@ def _camera_backward(quats: np.ndarray, trans: np.ndarray, log_sizes: np.ndarray
 if _HAVE_NUMBA:
     _rho = numba.njit(cache=True, inline="always")(_rho)
     _side = numba.njit(cache=True, inline="always")(_side)
+    _point_grads = numba.njit(cache=True, inline="always")(_point_grads)
     _reproject = numba.njit(cache=True, inline="always")(_reproject)
     _pose_grads = numba.njit(cache=True)(_pose_grads)
-    _conf_sum = numba.njit(cache=True)(_conf_sum)
     _loss_and_grad_jit = numba.njit(cache=True, fastmath=_FASTMATH, error_model="numpy", parallel=True)(
         _loss_and_grad)
     _camera_model = numba.njit(cache=True)(_camera_model)
@@ -598,11 +598,14 @@ class _KernelMatchLoss(torch.autograd.Function):
         g_tab = np.zeros_like(tab)
         g_ad = np.zeros_like(ad)
         arrs = lay.arrays
-        gcode = KERNEL_GAMMAS[float(gamma)]
+        gamma = float(gamma)
+        off = (1.0 / gamma) ** (1.0 / (gamma - 1.0)) if gamma != 1.0 else 0.0
         with _LOCK:
             _match_threads()
-            total = _loss_and_grad_jit(tab, ad, *arrs, stage, gcode, float(gamma), g_tab, g_ad)
-        norm = lay.conf_sum * (1 if stage == 1 else 2)
+            total = _loss_and_grad_jit(tab, ad, *arrs, stage, KERNEL_GAMMAS[gamma], gamma, off, g_tab, g_ad)
+        k = 1 if stage == 1 else 2
+        norm = lay.conf_sum * k
+        total -= k * off**gamma * lay.conf_sum  # the constant rho(0) of every match, as the fused loss does
         if not intr_grad:
             g_tab[:, 12:] = 0.0
         ctx.grads = (torch.from_numpy(g_tab).T.to(table.dtype) / norm, torch.from_numpy(g_ad).to(table.dtype) / norm)

@@ -212,28 +212,29 @@ def _batches(todo: np.ndarray, images: Sequence[LoadedImage], batch_size: int) -
         yield [(int(todo[k, 0]), int(todo[k, 1])) for k in batch]
 
 
+def _cache_find(store: ArrayStore, images: Sequence[LoadedImage], i: int, j: int, identity: str, subsample: int,
+                desc_conf: str) -> tuple[str, bool, PairPrediction] | None:
+    """The readable cache entry of (i, j) in either orientation: ``(key, swapped, prediction as stored)``
+    (``swapped``: stored as (j, i)), or None."""
+    key = pair_cache_key(images[i], images[j], identity, subsample, desc_conf)
+    pred = load_pair(store, key, i, j)
+    if pred is not None:
+        return key, False, pred
+    if i != j:
+        key = pair_cache_key(images[j], images[i], identity, subsample, desc_conf)
+        pred = load_pair(store, key, j, i)
+        if pred is not None:
+            return key, True, pred
+    return None
+
+
 def _cache_lookup(store: ArrayStore, images: Sequence[LoadedImage], i: int, j: int, identity: str, subsample: int,
                   desc_conf: str) -> PairPrediction | None:
     """The cached prediction of (i, j), stored in either orientation."""
-    pred = load_pair(store, pair_cache_key(images[i], images[j], identity, subsample, desc_conf), i, j)
-    if pred is None and i != j:
-        other = load_pair(store, pair_cache_key(images[j], images[i], identity, subsample, desc_conf), j, i)
-        pred = other.swapped() if other is not None else None
-    return pred
-
-
-def _cache_find(store: ArrayStore, images: Sequence[LoadedImage], i: int, j: int, identity: str, subsample: int,
-                desc_conf: str) -> tuple[str, bool] | None:
-    """``(key, swapped)`` of a readable cache entry of (i, j) in either orientation (read once to validate it, then
-    dropped), or None."""
-    key = pair_cache_key(images[i], images[j], identity, subsample, desc_conf)
-    if load_pair(store, key, i, j) is not None:
-        return key, False
-    if i != j:
-        key = pair_cache_key(images[j], images[i], identity, subsample, desc_conf)
-        if load_pair(store, key, j, i) is not None:
-            return key, True
-    return None
+    hit = _cache_find(store, images, i, j, identity, subsample, desc_conf)
+    if hit is None:
+        return None
+    return hit[2].swapped() if hit[1] else hit[2]
 
 
 class CachedPredictions(Sequence[PairPrediction]):
@@ -323,9 +324,9 @@ def run_pairs(
     if store is not None:
         for i, j in todo_all.tolist():
             if stream:
-                hit = _cache_find(store, images, i, j, identity, subsample, desc_conf)
+                hit = _cache_find(store, images, i, j, identity, subsample, desc_conf)  # read once to validate
                 if hit is not None:
-                    found[(i, j)] = hit
+                    found[(i, j)] = hit[:2]
                 continue
             pred = _cache_lookup(store, images, i, j, identity, subsample, desc_conf)
             if pred is not None:
