@@ -30,8 +30,8 @@ from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
 import numpy as np
-import roma
 import torch
+from scipy.spatial.transform import Rotation
 from tqdm.auto import tqdm
 
 from . import _kernels
@@ -324,6 +324,7 @@ class SparseAligner:
         self.backend = resolve_backend(config)
         self._consts: tuple | None = None
         self._layout: MatchLayout | None = None
+        self._np: dict[str, np.ndarray] | None = None  # float64 parameters of the compiled path
 
         self._imsizes = problem.imsizes.to(dt)
         diags = problem.imsizes.to(dt).norm(dim=1)
@@ -377,7 +378,9 @@ class SparseAligner:
             parents = np.concatenate([lvl[pp] for lvl, pp in zip(self.levels[:-1], self.parent_pos[1:])])
             idx = torch.as_tensor(nodes, device=R.device)
             rel[idx] = torch.linalg.inv(chain[torch.as_tensor(parents, device=R.device)]) @ chain[idx]
-        self.quats[:] = roma.rotmat_to_unitquat(rel[:, :3, :3])
+        # scipy's xyzw quaternions (roma's convention), from float64 rotations
+        quats = Rotation.from_matrix(rel[:, :3, :3].detach().cpu().double().numpy()).as_quat()
+        self.quats[:] = torch.from_numpy(quats).to(self.quats)
         self.trans[:] = rel[:, :3, 3]
 
     def install_known_poses(self, R: Tensor, C: Tensor, mask: Tensor, hard: bool, weight: float) -> None:
@@ -413,6 +416,8 @@ class SparseAligner:
         if self.prior is None:
             return cam2w.new_zeros(())
         mask, R, C, w, spread = self.prior
+        import roma  # imported here: roma pulls in torch._dynamo (~0.7 s), not needed by the compiled path
+
         rot_err = roma.rotmat_geodesic_distance(cam2w[mask, :3, :3], R[mask])
         tr_err = (cam2w[mask, :3, 3] - C[mask]).norm(dim=1) / spread
         return w * (rot_err.square().mean() + tr_err.square().mean())
@@ -446,6 +451,8 @@ class SparseAligner:
         z_cams = sizes * p.median_depths * focals / p.base_focals
 
         n = p.n_images
+        import roma
+
         rot_rel = roma.unitquat_to_rotmat(self.quats / self.quats.norm(dim=1, keepdim=True).clamp_min(1e-12))
         trans_offset = self._focal_plane_offset(z_cams, focals, pps_n)
         trans_rel = self.trans
@@ -620,6 +627,119 @@ class SparseAligner:
         return {"quats": self.quats, "trans": self.trans, "log_sizes": self.log_sizes,
                 "log_focals": self.log_focals, "pps": self.pps, "core_depth": self.core_depth}
 
+    def _compiled_ok(self) -> bool:
+        """Whether the whole iteration can run in the compiled kernels (CPU, no known-pose constraint)."""
+        return self.backend == "kernel" and self.fixed_mask is None and self.prior is None
+
+    def _fallback_blocks(self) -> tuple[np.ndarray, ...]:
+        """The fallback targets as float64/int64 numpy arrays, cut into blocks of constant (image, reference)."""
+        p = self.p
+        anc = p.fb_anchor.cpu().numpy().astype(np.int64)
+        ref = p.fb_ref.cpu().numpy().astype(np.int64)
+        img = p.anchor_img.cpu().numpy()[anc].astype(np.int64)
+        f = len(anc)
+        if f:
+            change = np.flatnonzero((img[1:] != img[:-1]) | (ref[1:] != ref[:-1])) + 1
+            starts = np.r_[0, change, f].astype(np.int64)
+        else:
+            starts = np.zeros(1, np.int64)
+        xy = p.anchor_xy.cpu().double().numpy()[anc]
+        return (starts, img[starts[:-1]], ref[starts[:-1]], np.ascontiguousarray(xy[:, 0]),
+                np.ascontiguousarray(xy[:, 1]), anc, np.ascontiguousarray(p.fb_target.cpu().double().numpy()),
+                np.ascontiguousarray(p.fb_conf.cpu().double().numpy()))
+
+    def _run_stage_compiled(self, stage: int, names: list[str], niter: int, lr_base: float, gamma: float,
+                            name: str) -> StageResult:
+        """One stage with every iteration in compiled code: camera model, match and fallback losses with their
+        gradients, the camera model's reverse pass and Adam, all float64 on numpy arrays (no autograd graph)."""
+        cfg, p = self.cfg, self.p
+        kn = _kernels
+        if self._np is None:
+            self._np = {k: t.detach().cpu().to(torch.float64).numpy().copy() for k, t in self._params().items()}
+        P = self._np
+        consts = self._camera_consts()
+        c_arrs = (*consts.arrays(), consts.anchor_img)
+        lay_arrs = self.layout.arrays if self.n_ok else None
+        fb = self._fallback_blocks()
+        fb_sum = float(fb[-1].sum())
+        fb_w = cfg.fallback_weight / fb_sum if (cfg.fallback_weight and fb_sum > 0) else 0.0
+        fb_gamma = float(cfg.fallback_gamma)
+        fb_off = gamma_offset(fb_gamma) if fb_gamma != 1 else 0.0
+        gcode = _kernels.KERNEL_GAMMAS[float(gamma)]
+        off = gamma_offset(float(gamma)) if gamma != 1 else 0.0
+        k_sides = 1 if stage == 1 else 2
+        m_norm = (self.layout.conf_sum * k_sides) if self.n_ok else 1.0
+        m_const = k_sides * off**gamma * self.layout.conf_sum if self.n_ok else 0.0
+        n, a = p.n_images, int(P["core_depth"].shape[0])
+        table = np.empty((n, 17))
+        ad = np.empty(a)
+        g_tab = np.empty((n, 17))
+        g_ad = np.empty(a)
+        order = ("quats", "trans", "log_sizes", "log_focals", "pps", "core_depth")
+        grads = {k: np.empty_like(P[k]) for k in order}
+        state = {k: (np.zeros(P[k].size), np.zeros(P[k].size)) for k in names}
+        masks: dict[str, np.ndarray] = {}
+        if self.intr_grad_mask is not None and not cfg.shared_intrinsics:
+            m = self.intr_grad_mask.cpu().numpy().astype(np.float64)
+            masks = {"log_focals": m, "pps": np.repeat(m, 2)}
+        schedule = SCHEDULES[cfg.lr_schedule]
+        intr = "log_focals" in names or "pps" in names
+        losses: list[float] = []
+        stopped = False
+        t0 = time.perf_counter()
+        bar = tqdm(total=niter, desc=name, disable=not cfg.progress, leave=False)
+        snap = {k: P[k].copy() for k in names}
+        try:
+            with kn.LOCK:
+                kn.set_threads(cfg)
+                for it in range(niter):
+                    if not names:
+                        break
+                    lr = schedule(it / niter, lr_base, cfg.lr_end)
+                    kn._camera_forward_jit(P["quats"], P["trans"], P["log_sizes"], P["log_focals"], P["pps"],
+                                           P["core_depth"], *c_arrs, table, ad)
+                    g_tab[:] = 0.0
+                    g_ad[:] = 0.0
+                    loss = 0.0
+                    if lay_arrs is not None:
+                        tot = kn._loss_and_grad_jit(table, ad, *lay_arrs, stage, gcode, float(gamma), off, g_tab,
+                                                    g_ad)
+                        loss = (tot - m_const) / m_norm
+                        g_tab *= 1.0 / m_norm
+                        g_ad *= 1.0 / m_norm
+                    if fb_w:
+                        loss += fb_w * kn._fallback_jit(table, ad, *fb, fb_gamma, fb_off, fb_w, g_tab, g_ad)
+                    if not intr:
+                        g_tab[:, 12:] = 0.0
+                    if not math.isfinite(loss):
+                        stopped = True
+                        break
+                    losses.append(loss)
+                    kn._camera_backward_jit(P["quats"], P["trans"], P["log_sizes"], P["log_focals"], P["pps"],
+                                            P["core_depth"], *c_arrs, g_tab, g_ad, *(grads[k] for k in order))
+                    for k in names:
+                        snap[k][...] = P[k]
+                        g = grads[k].reshape(-1)
+                        if k in masks:
+                            g = g * masks[k]
+                        kn._adam_jit(P[k].reshape(-1), g, *state[k], it + 1, lr, 0.9, 0.9, 1e-8)
+                    q = P["quats"]
+                    q /= np.sqrt((q * q).sum(1, keepdims=True))
+                    bar.set_postfix_str(f"lr={lr:.4f} loss={loss:.4g}", refresh=False)
+                    bar.update(1)
+        finally:
+            bar.close()
+        if stopped:
+            for k in names:
+                P[k][...] = snap[k]
+            log.warning("%s: non-finite loss or parameters at iteration %d; kept the last finite state",
+                        name, len(losses))
+        with torch.no_grad():
+            for k, t in self._params().items():
+                t.copy_(torch.from_numpy(P[k]).to(t.dtype))
+        return StageResult(name=name, niter_done=len(losses), losses=losses,
+                           wall_s=time.perf_counter() - t0, stopped_non_finite=stopped)
+
     def run_stage(self, stage: int) -> StageResult:
         """Run stage 1 (3D matching; poses + scales) or 2 (2D reprojection; + intrinsics, depths)."""
         cfg, p = self.cfg, self.p
@@ -639,6 +759,8 @@ class SparseAligner:
             names = [k for k in names if k not in ("log_focals", "pps")]
         if self.fixed_mask is not None and bool(self.fixed_mask.all()):
             names = [k for k in names if k not in ("quats", "trans")]
+        if self._compiled_ok():
+            return self._run_stage_compiled(stage, names, niter, lr_base, gamma, name)
         fb_loss = gamma_of_distance(cfg.fallback_gamma)
         schedule = SCHEDULES[cfg.lr_schedule]
 
@@ -721,8 +843,25 @@ class SparseAligner:
 
     @torch.no_grad()
     def state(self, stages: list[StageResult]) -> OptimState:
-        focals, pps, cam2w, anchor_depth, _ = self.cameras()
         n = self.p.n_images
+        if self._np is not None:  # the compiled path: its own float64 camera model on its float64 parameters
+            P = self._np
+            consts = self._camera_consts()
+            table = np.empty((n, 17))
+            ad = np.empty(P["core_depth"].shape[0])
+            with _kernels.LOCK:
+                _kernels._camera_forward_jit(P["quats"], P["trans"], P["log_sizes"], P["log_focals"], P["pps"],
+                                             P["core_depth"], *consts.arrays(), consts.anchor_img, table, ad)
+            c2w = np.tile(np.eye(4), (n, 1, 1))
+            c2w[:, :3, :3] = table[:, :9].reshape(n, 3, 3)
+            c2w[:, :3, 3] = table[:, 9:12]
+            dev, dt = self.quats.device, self.quats.dtype
+            focals = torch.from_numpy(table[:, 12].copy()).to(dev, dt)
+            pps = torch.from_numpy(table[:, 13:15].copy()).to(dev, dt)
+            cam2w = torch.from_numpy(c2w).to(dev, dt)
+            anchor_depth = torch.from_numpy(ad).to(dev, dt)
+        else:
+            focals, pps, cam2w, anchor_depth, _ = self.cameras()
         K = torch.zeros((n, 3, 3), device=focals.device, dtype=focals.dtype)
         K[:, 0, 0] = K[:, 1, 1] = focals
         K[:, :2, 2] = pps
