@@ -698,6 +698,29 @@ def _adam(p: np.ndarray, g: np.ndarray, m: np.ndarray, v: np.ndarray, step: int,
         p[k] -= (lr / bc1) * m[k] / (math.sqrt(v[k]) / bc2 + eps)
 
 
+
+def _clean_view_pair(depth_i: np.ndarray, conf_i: np.ndarray, depth_j: np.ndarray, conf_j: np.ndarray,
+                     M: np.ndarray, t: np.ndarray, tol: float, bad_conf: float, out_i: np.ndarray) -> None:
+    """Visibility cleaning of view i against view j (see :func:`sparsega.scene.clean_confidences`): pixel
+    ``(x, y)`` of i at depth ``d`` lands in j at ``p = d M (x, y, 1) + t`` (``M = K_j R_ji K_i^-1``, ``t = K_j
+    t_ji``, so ``p_z`` is j's depth); where it is in front of j's surface by more than ``tol`` (relative) and less
+    confident than j's pixel, ``out_i`` is lowered to ``bad_conf``."""
+    hi, wi = depth_i.shape
+    hj, wj = depth_j.shape
+    for y in range(hi):
+        for x in range(wi):
+            d = depth_i[y, x]
+            z = d * (M[2, 0] * x + M[2, 1] * y + M[2, 2]) + t[2]
+            if not (z > 0):
+                continue
+            u = round((d * (M[0, 0] * x + M[0, 1] * y + M[0, 2]) + t[0]) / z)
+            v = round((d * (M[1, 0] * x + M[1, 1] * y + M[1, 2]) + t[1]) / z)
+            if u < 0 or u >= wj or v < 0 or v >= hj:
+                continue
+            if z < (1 - tol) * depth_j[v, u] and conf_i[y, x] < conf_j[v, u]:
+                out_i[y, x] = min(out_i[y, x], bad_conf)
+
+
 if _HAVE_NUMBA:
     _rho = numba.njit(cache=True, inline="always")(_rho)
     _side = numba.njit(cache=True, inline="always")(_side)
@@ -711,8 +734,10 @@ if _HAVE_NUMBA:
     _camera_backward_jit = numba.njit(cache=True)(_camera_backward)
     _fallback_jit = numba.njit(cache=True, fastmath=_FASTMATH, error_model="numpy")(_fallback_loss_and_grad)
     _adam_jit = numba.njit(cache=True, error_model="numpy")(_adam)
+    _clean_view_pair_jit = numba.njit(cache=True, error_model="numpy")(_clean_view_pair)
 else:  # pragma: no cover
     _loss_and_grad_jit = _camera_forward_jit = _camera_backward_jit = _fallback_jit = _adam_jit = None
+    _clean_view_pair_jit = None
 
 
 def set_threads(config) -> None:

@@ -492,7 +492,9 @@ def align(predictions: Sequence[PairPrediction], config: AlignConfig | None = No
     sparse_xy = []
     for k in range(n):
         xy = m_xy[m_img == k]
-        sparse_xy.append(np.unique(xy, axis=0) if len(xy) else np.zeros((0, 2), np.int64))
+        w = int(problem.imsizes[k, 0])
+        key = np.unique(xy[:, 1] * w + xy[:, 0])  # sorted by (y, x), as np.unique(xy, axis=0) on (x, y) is not
+        sparse_xy.append(np.stack((key % w, key // w), 1).astype(np.int64))
 
     info = {
         "config": cfg.to_dict(),

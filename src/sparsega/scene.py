@@ -38,8 +38,36 @@ def clean_confidences(confs: list[np.ndarray], intrinsics: np.ndarray, cam2w: np
     than ``tol`` (relative), while being less confident than j's pixel, gets ``bad_conf``.
 
     Only the view pairs in ``pairs (P, 2)`` (both directions) are compared: the scene graph's neighbours are the
-    views that overlap, and comparing all N^2 pairs does not scale.
+    views that overlap, and comparing all N^2 pairs does not scale. One compiled pass per view pair (float64);
+    :func:`clean_confidences_numpy` is its plain twin.
     """
+    from . import _kernels
+
+    if not _kernels.available():
+        return clean_confidences_numpy(confs, intrinsics, cam2w, depthmaps, pairs, tol, bad_conf)
+    out = [c.astype(np.float32, copy=True) for c in confs]
+    K = np.asarray(intrinsics, np.float64)
+    c2w = np.asarray(cam2w, np.float64)
+    w2c = np.linalg.inv(c2w)
+    dep = [np.ascontiguousarray(d, np.float32) for d in depthmaps]
+    cf = [np.ascontiguousarray(c, np.float32) for c in confs]
+    done = set()
+    for a, b in np.asarray(pairs, dtype=np.int64).reshape(-1, 2):
+        for i, j in ((int(a), int(b)), (int(b), int(a))):
+            if i == j or (i, j) in done:
+                continue
+            done.add((i, j))
+            rel = w2c[j] @ c2w[i]
+            M = K[j] @ rel[:3, :3] @ np.linalg.inv(K[i])
+            t = K[j] @ rel[:3, 3]
+            _kernels._clean_view_pair_jit(dep[i], cf[i], dep[j], cf[j], M, t, tol, bad_conf, out[i])
+    return out
+
+
+def clean_confidences_numpy(confs: list[np.ndarray], intrinsics: np.ndarray, cam2w: np.ndarray,
+                            depthmaps: list[np.ndarray], pairs: np.ndarray, tol: float = 0.001,
+                            bad_conf: float = 0.0) -> list[np.ndarray]:
+    """Plain numpy twin of :func:`clean_confidences` (world points, then projection; for tests)."""
     out = [c.astype(np.float32, copy=True) for c in confs]
     w2c = np.linalg.inv(cam2w.astype(np.float64))
     pts = [unproject_depth(d, K, c2w).reshape(-1, 3).astype(np.float64)

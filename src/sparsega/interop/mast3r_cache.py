@@ -59,11 +59,20 @@ def _hashes(image_paths: Sequence[PathLike]) -> list[str]:
 
 
 # ------------------------------------------------------------------ reading
-def _torch_load(path: Path) -> Any:
-    """``torch.load(weights_only=True)`` of ``path``; InputError naming the file for anything else."""
+def _torch_load(path: Path, mmap: bool = False) -> Any:
+    """``torch.load(weights_only=True)`` of ``path``; InputError naming the file for anything else.
+
+    ``mmap``: map the file instead of reading it (tensors are views of the page cache; only the pages that are
+    touched are read, and they are released with the tensors). Falls back to a plain read for archives that
+    cannot be mapped (legacy format)."""
     import torch
 
     try:
+        if mmap:
+            try:
+                return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+            except RuntimeError:
+                pass
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
@@ -77,7 +86,7 @@ def _torch_load(path: Path) -> Any:
         raise InputError(f"{path}: corrupt or not a torch file ({type(exc).__name__}: {first[:160]})") from exc
 
 
-def _as_array(value: Any, path: Path, what: str, integer: bool = False) -> np.ndarray:
+def _as_array(value: Any, path: Path, what: str, integer: bool = False, check_finite: bool = True) -> np.ndarray:
     """Tensor/array -> numpy (float32, or int64 when ``integer``); InputError naming the file otherwise."""
     import torch
 
@@ -96,19 +105,22 @@ def _as_array(value: Any, path: Path, what: str, integer: bool = False) -> np.nd
                 raise InputError(f"{path}: {what} holds non-integer pixel coordinates")
         return np.ascontiguousarray(arr, dtype=np.int64)
     out = np.ascontiguousarray(arr, dtype=np.float32)
-    if not np.all(np.isfinite(out)):
+    if check_finite and not np.all(np.isfinite(out)):
         raise InputError(f"{path}: {what} contains NaN or infinite values")
     return out
 
 
-def _read_forward(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """(X_a, C_a, X_b, C_b) of one decoding direction: (H,W,3), (H,W) float32 for each image."""
-    data = _torch_load(path)
+def _read_forward(path: Path, lazy: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(X_a, C_a, X_b, C_b) of one decoding direction: (H,W,3), (H,W) float32 for each image.
+
+    ``lazy``: memory-mapped and not scanned for NaN (nothing is read until used; the alignment masks non-finite
+    points itself, with a warning)."""
+    data = _torch_load(path, mmap=lazy)
     if not isinstance(data, (tuple, list)) or len(data) != 4:
         raise InputError(f"{path}: expected a 4-tuple (X1, C1, X2, C2), got {type(data).__name__}")
     names = ("pointmap of the first image", "confidence of the first image",
              "pointmap of the second image", "confidence of the second image")
-    x1, c1, x2, c2 = (_as_array(v, path, n) for v, n in zip(data, names))
+    x1, c1, x2, c2 = (_as_array(v, path, n, check_finite=not lazy) for v, n in zip(data, names))
     for x, c, n in ((x1, c1, "first"), (x2, c2, "second")):
         if x.ndim != 3 or x.shape[2] != 3 or c.shape != x.shape[:2]:
             raise InputError(f"{path}: {n} image has pointmap {x.shape} and confidence {c.shape}, "
@@ -136,8 +148,48 @@ def _read_corres(path: Path) -> tuple[tuple[float, float, int], np.ndarray, np.n
     return score, xy1, xy2, conf
 
 
+class CachedPairSequence(Sequence[PairPrediction]):
+    """The pairs of a naver cache folder, loaded on access: the matches are held in memory, the pointmaps are
+    memory-mapped from their files each time a pair is indexed and released with the returned prediction.
+
+    Alignment reads each image's pointmaps one image at a time, so memory stays at one image's pairs whatever the
+    number of pairs. Structure and shapes of every file are checked when the sequence is built; NaN values are
+    masked (with a warning) by the alignment instead of failing the whole read.
+    """
+
+    def __init__(self, records: list[tuple[int, int, Path, Path, Path, tuple[float, float, int], np.ndarray,
+                                           np.ndarray, np.ndarray]]) -> None:
+        self._records = records
+
+    def __len__(self) -> int:
+        return len(self._records)
+
+    def _load(self, k: int) -> PairPrediction:
+        i, j, path_ij, path_ji, corres_path, score, xy1, xy2, conf = self._records[k]
+        x11, c11, x21, c21 = _read_forward(path_ij, lazy=True)
+        x22, c22, x12, c12 = _read_forward(path_ji, lazy=True)
+        pred = PairPrediction(
+            i=i, j=j, pts11=x11, conf11=c11, pts21=x21, conf21=c21, pts22=x22, conf22=c22, pts12=x12, conf12=c12,
+            xy1=xy1, xy2=xy2, match_conf=conf, score=score,
+        )
+        try:
+            pred.validate()
+        except InputError as exc:
+            raise InputError(f"{path_ij}, {path_ji}, {corres_path}: inconsistent files: {exc}") from exc
+        return pred
+
+    def __getitem__(self, k):  # type: ignore[override]
+        if isinstance(k, slice):
+            return [self._load(q) for q in range(len(self))[k]]
+        if k < 0:
+            k += len(self)
+        if not 0 <= k < len(self):
+            raise IndexError(k)
+        return self._load(k)
+
+
 def read_mast3r_cache(cache_dir: PathLike, image_paths: Sequence[PathLike], subsample: int = 8,
-                      desc_conf: str = "desc_conf") -> list[PairPrediction]:
+                      desc_conf: str = "desc_conf", lazy: bool = True) -> Sequence[PairPrediction]:
     """Predictions of every pair of ``image_paths`` found complete in a naver MASt3R cache folder.
 
     A pair (a, b) is complete when both ``forward`` directions and a correspondence file (either direction) exist.
@@ -147,6 +199,9 @@ def read_mast3r_cache(cache_dir: PathLike, image_paths: Sequence[PathLike], subs
         cache_dir: the folder given to naver's ``sparse_global_alignment`` as ``cache_path``.
         image_paths: the image path strings exactly as naver's tools got them (their md5 names the files).
         subsample, desc_conf: matching parameters naming the correspondence folder.
+        lazy: return a :class:`CachedPairSequence` that maps each pair's pointmaps from disk when indexed (the
+            default: memory does not grow with the number of pairs); ``False`` reads everything into a list and
+            rejects NaN values at once.
 
     Returns:
         One :class:`PairPrediction` per unordered pair, ``i < j`` being positions in ``image_paths``, sorted by
@@ -181,6 +236,7 @@ def read_mast3r_cache(cache_dir: PathLike, image_paths: Sequence[PathLike], subs
                 directions.add((a, b))
 
     preds: list[PairPrediction] = []
+    records: list = []
     incomplete: list[str] = []
     for i, j in sorted({(min(a, b), max(a, b)) for a, b in directions}):
         hi, hj = hashes[i], hashes[j]
@@ -198,8 +254,8 @@ def read_mast3r_cache(cache_dir: PathLike, image_paths: Sequence[PathLike], subs
             incomplete.append(f"({i}, {j}) has no correspondence file")
             continue
         path_ij, path_ji = forward / hi / f"{hj}.pth", forward / hj / f"{hi}.pth"
-        x11, c11, x21, c21 = _read_forward(path_ij)
-        x22, c22, x12, c12 = _read_forward(path_ji)
+        x11, c11, x21, c21 = _read_forward(path_ij, lazy=lazy)
+        x22, c22, x12, c12 = _read_forward(path_ji, lazy=lazy)
         pred = PairPrediction(
             i=i, j=j, pts11=x11, conf11=c11, pts21=x21, conf21=c21, pts22=x22, conf22=c22, pts12=x12, conf12=c12,
             xy1=xy1, xy2=xy2, match_conf=conf, score=score,
@@ -208,16 +264,24 @@ def read_mast3r_cache(cache_dir: PathLike, image_paths: Sequence[PathLike], subs
             pred.validate()
         except InputError as exc:
             raise InputError(f"{path_ij}, {path_ji}, {corres_path}: inconsistent files: {exc}") from exc
-        preds.append(pred)
+        if lazy:  # keep only the names and the matches; the maps are mapped again on access
+            del pred, x11, c11, x21, c21, x22, c22, x12, c12
+            records.append((i, j, path_ij, path_ji, corres_path, score, xy1, xy2, conf))
+        else:
+            preds.append(pred)
 
     if incomplete:
         logger.warning("MASt3R cache %s: skipped %d incomplete pair(s): %s", root, len(incomplete),
                        "; ".join(incomplete[:10]) + ("; ..." if len(incomplete) > 10 else ""))
-    if not preds:
+    if lazy:
+        out: Sequence[PairPrediction] = CachedPairSequence(records)
+    else:
+        out = preds
+    if not len(out):
         raise InputError(f"no complete pair of the {len(hashes)} given images in MASt3R cache {root} "
                          "(paths must be the exact strings given to naver's tools)")
-    logger.info("read %d pair(s) from MASt3R cache %s", len(preds), root)
-    return preds
+    logger.info("read %d pair(s) from MASt3R cache %s", len(out), root)
+    return out
 
 
 # ------------------------------------------------------------------ writing
@@ -281,4 +345,4 @@ def write_mast3r_cache(cache_dir: PathLike, image_paths: Sequence[PathLike], pre
             stale.unlink()
 
 
-__all__ = ["read_mast3r_cache", "write_mast3r_cache", "path_hash", "corres_dirname", "pair_score"]
+__all__ = ["read_mast3r_cache", "CachedPairSequence", "write_mast3r_cache", "path_hash", "corres_dirname", "pair_score"]
