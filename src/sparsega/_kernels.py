@@ -740,17 +740,10 @@ else:  # pragma: no cover
     _clean_view_pair_jit = None
 
 
-def set_threads(config) -> None:
-    """Numba threads for the kernels: ``config.threads`` (0 = as many as torch uses)."""
-    want = int(getattr(config, "threads", 0) or 0) or torch.get_num_threads()
+def set_threads(threads: int) -> None:
+    """Numba threads for the kernels: ``threads`` (0 = as many as torch uses). Call under :data:`LOCK`."""
+    want = int(threads) or torch.get_num_threads()
     want = max(1, min(want, numba.config.NUMBA_NUM_THREADS))
-    if numba.get_num_threads() != want:
-        numba.set_num_threads(want)
-
-
-def _match_threads() -> None:
-    """Use as many numba threads as torch does (``torch.set_num_threads`` governs both)."""
-    want = max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS))
     if numba.get_num_threads() != want:
         numba.set_num_threads(want)
 
@@ -760,7 +753,7 @@ class _KernelMatchLoss(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, table: Tensor, anchor_depth: Tensor, lay, stage: int, gamma: float,  # type: ignore[override]
-                intr_grad: bool) -> Tensor:
+                intr_grad: bool, threads: int) -> Tensor:
         tab = table.detach().T.to(torch.float64).contiguous().numpy()
         ad = anchor_depth.detach().to(torch.float64).contiguous().numpy()
         g_tab = np.zeros_like(tab)
@@ -769,7 +762,7 @@ class _KernelMatchLoss(torch.autograd.Function):
         gamma = float(gamma)
         off = (1.0 / gamma) ** (1.0 / (gamma - 1.0)) if gamma != 1.0 else 0.0
         with _LOCK:
-            _match_threads()
+            set_threads(threads)
             total = _loss_and_grad_jit(tab, ad, *arrs, stage, KERNEL_GAMMAS[gamma], gamma, off, g_tab, g_ad)
         k = 1 if stage == 1 else 2
         norm = lay.conf_sum * k
@@ -783,7 +776,7 @@ class _KernelMatchLoss(torch.autograd.Function):
     def backward(ctx, gout: Tensor):  # type: ignore[override]
         g_tab, g_ad = ctx.grads
         ctx.grads = None
-        return g_tab * gout, g_ad * gout, None, None, None, None
+        return g_tab * gout, g_ad * gout, None, None, None, None, None
 
 
 Tensor = torch.Tensor
@@ -850,7 +843,7 @@ def camera_table(quats: Tensor, trans: Tensor, log_sizes: Tensor, log_focals: Te
 
 
 def kernel_match_loss(table: Tensor, anchor_depth: Tensor, layout, stage: int, gamma: float,
-                      intr_grad: bool = True) -> Tensor:
+                      intr_grad: bool = True, threads: int = 1) -> Tensor:
     """Same contract as :func:`sparsega._fused.fused_match_loss` (CPU tensors only), computed by the compiled
     kernel."""
     if not _HAVE_NUMBA:
@@ -861,4 +854,4 @@ def kernel_match_loss(table: Tensor, anchor_depth: Tensor, layout, stage: int, g
         raise ValueError(f"the compiled kernel supports gamma in {sorted(KERNEL_GAMMAS)}, not {gamma}")
     if layout.n_chunks == 0:
         return table.new_zeros(())
-    return _KernelMatchLoss.apply(table, anchor_depth, layout, stage, gamma, intr_grad)
+    return _KernelMatchLoss.apply(table, anchor_depth, layout, stage, gamma, intr_grad, threads)

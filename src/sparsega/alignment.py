@@ -13,10 +13,11 @@ Steps (each a pure function of the previous one's output, except the optimiser):
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -438,6 +439,30 @@ def align(predictions: Sequence[PairPrediction], config: AlignConfig | None = No
         known_intrinsics, known_poses: see :mod:`sparsega.known` (DESIGN "Known cameras").
     """
     cfg = (config or AlignConfig()).replace(**overrides) if overrides else (config or AlignConfig())
+    with _torch_threads(1):
+        return _align(predictions, cfg, images=images, image_paths=image_paths, n_images=n_images,
+                      known_intrinsics=known_intrinsics, known_poses=known_poses)
+
+
+@contextlib.contextmanager
+def _torch_threads(n: int) -> Iterator[None]:
+    """Run torch's CPU ops of the alignment on ``n`` threads (restored afterwards). The torch work here is
+    per-image elementwise fusion; one thread keeps reductions in one fixed order (results independent of the
+    caller's thread count) and cannot stall behind a descheduled thread on a busy machine."""
+    before = torch.get_num_threads()
+    if before != n:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        if torch.get_num_threads() != before:
+            torch.set_num_threads(before)
+
+
+def _align(predictions: Sequence[PairPrediction], cfg: AlignConfig, *, images: Sequence[np.ndarray] | None,
+           image_paths: Sequence[str] | None, n_images: int | None, known_intrinsics: Any, known_poses: Any
+           ) -> Scene:
+    """:func:`align` with a resolved config."""
     t0 = time.perf_counter()
     problem, cdata, stats = build_problem(predictions, cfg, n_images)
     n = problem.n_images

@@ -566,8 +566,10 @@ class SparseAligner:
         return bool(self.log_focals.requires_grad or self.pps.requires_grad)
 
     def _match_loss(self, table: Tensor, anchor_depth: Tensor, stage: int, gamma: float) -> Tensor:
-        fn = kernel_match_loss if self.backend == "kernel" else fused_match_loss
-        return fn(table, anchor_depth, self.layout, stage, gamma, self._intr_grad())
+        if self.backend == "kernel":
+            return kernel_match_loss(table, anchor_depth, self.layout, stage, gamma, self._intr_grad(),
+                                     self.cfg.threads)
+        return fused_match_loss(table, anchor_depth, self.layout, stage, gamma, self._intr_grad())
 
     def loss_3d(self, table: Tensor, anchor_depth: Tensor, gamma: float) -> Tensor:
         """Confidence-weighted robust (gamma) distance between the two 3D points of each trusted match."""
@@ -691,7 +693,7 @@ class SparseAligner:
         snap = {k: P[k].copy() for k in names}
         try:
             with kn.LOCK:
-                kn.set_threads(cfg)
+                kn.set_threads(cfg.threads)
                 for it in range(niter):
                     if not names:
                         break

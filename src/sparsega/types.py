@@ -163,6 +163,10 @@ class AlignConfig:
     fix_poses: bool | None = None
     pose_prior_weight: float = 10.0
     progress: bool = True
+    # threads of the compiled CPU kernels (0 = torch's count). 1 by default: the alignment's kernels are small
+    # parallel regions many times per second, and with a busy core a multi-threaded region waits for the
+    # descheduled thread (measured: benchmarks/README.md). Results are bit-identical for any value.
+    threads: int = 1
 
     def __post_init__(self) -> None:
         def bad(name: str, why: str) -> ConfigError:
@@ -172,6 +176,8 @@ class AlignConfig:
             v = getattr(self, name)
             if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < 0:
                 raise bad(name, "must be an integer >= 0")
+        if not isinstance(self.threads, (int, np.integer)) or isinstance(self.threads, bool) or self.threads < 0:
+            raise bad("threads", "must be an integer >= 0 (0 = as many as torch uses)")
         if not isinstance(self.subsample, (int, np.integer)) or self.subsample <= 0 or 16 % self.subsample:
             raise bad("subsample", "must be a positive integer dividing 16 (1, 2, 4, 8 or 16)")
         for name in ("lr1", "lr2", "lr1_procrustes"):
