@@ -68,7 +68,7 @@ def main() -> None:
     ap.add_argument("--big-n", type=int, default=128)
     ap.add_argument("--pose-init", default="procrustes", choices=["procrustes", "identity"])
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--backend", default="auto", choices=["auto", "kernel", "fused", "autograd"],
+    ap.add_argument("--backend", default="auto", choices=["auto", "kernel", "autograd"],
                     help="match-loss implementation (AlignConfig.loss_backend)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", action="store_true")

@@ -34,7 +34,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch default)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--source", default="cache", choices=["cache", "lazy"])
-    ap.add_argument("--backend", default="auto", choices=["auto", "kernel", "fused", "autograd"],
+    ap.add_argument("--backend", default="auto", choices=["auto", "kernel", "autograd"],
                     help="match-loss implementation (AlignConfig.loss_backend)")
     ap.add_argument("--cache-dir", default=None, help="where --source cache writes (default: a temporary folder)")
     ap.add_argument("--json", action="store_true")

@@ -1,22 +1,23 @@
 """Compiled CPU kernel of the sparse optimiser's match losses (numba): loss and gradients in one pass over matches.
 
-The fused torch losses (:mod:`sparsega._fused`) still stream every (2C, B) intermediate through memory some sixty
-times per iteration; on CPU that memory traffic, not the arithmetic, is the cost. Here each match is loaded once,
-its forward and backward are computed in registers, and per-chunk camera gradients are accumulated in scalars:
-one pass over the match arrays per iteration.
+Each match is loaded once, its forward and backward are computed in registers, and per-chunk camera gradients are
+accumulated in scalars: one pass over the match arrays per iteration. The plain twin of every kernel is the torch
+autograd path of :class:`sparsega.optimize.SparseAligner` (``loss_backend="autograd"``, also the CUDA path); the
+tests compare the two.
 
-Inputs are the :class:`sparsega._fused.MatchLayout` arrays and the ``(17, N)`` camera table (rows
+Inputs are the :class:`MatchLayout` arrays and the ``(17, N)`` camera table (rows
 ``R (9, row-major), t (3), f, ppx, ppy, f0 / f, 1``). Conventions are the fused/autograd losses' exactly: the
 distance's square is clamped at 1e-30, camera depth at 1e-3 and pixels to [-1000, 2000] with torch's clamp
 gradient (passed where ``lo <= x <= hi``), and padding slots (confidence 0) contribute nothing. Arithmetic is
 float64 whatever the input dtype; gradients are returned in the table's dtype.
 
 The kernel is compiled on first use (a few seconds) and cached on disk by numba. :func:`available` says whether
-numba can be imported; callers fall back to the torch path otherwise (and on CUDA).
+numba can be imported; callers fall back to the autograd path otherwise (and on CUDA).
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import threading
@@ -782,6 +783,103 @@ class _KernelMatchLoss(torch.autograd.Function):
 Tensor = torch.Tensor
 
 
+# ----------------------------------------------------------------------------------------------------------------
+# the match layout: the kernel's input
+# ----------------------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class MatchLayout:
+    """Trusted matches grouped by (image0, image1) pair and cut into chunks of ``chunk`` matches.
+
+    Attributes:
+        img: (2C,) int64 image of each chunk row (side 0 rows, then side 1 rows).
+        x, y: (2C, B) pixel coordinates of each match side (0 on padding).
+        off_m1: (2C, B) canonical depth ratio minus one (0 on padding).
+        anchor: (2C, B) int64 global anchor index (a valid anchor of the row's image on padding).
+        conf: (C, B) match confidence, 0 on padding.
+        conf_sum: sum of the confidences (Python float).
+        chunk: B.
+    """
+
+    img: Tensor
+    x: Tensor
+    y: Tensor
+    off_m1: Tensor
+    anchor: Tensor
+    conf: Tensor
+    conf_sum: float
+    chunk: int
+
+    @property
+    def n_chunks(self) -> int:
+        return int(self.conf.shape[0])
+
+    @functools.cached_property
+    def arrays(self) -> tuple[np.ndarray, ...]:
+        """``(img, x, y, off_m1, anchor, conf)`` as numpy arrays (zero-copy views of the CPU tensors, made once)."""
+        return tuple(t.contiguous().numpy() for t in (self.img, self.x, self.y, self.off_m1, self.anchor, self.conf))
+
+
+def choose_chunk(n_matches: int, n_pairs: int) -> int:
+    """Chunk length: a power of two near a quarter of the mean matches per pair, in [32, 512] (bounds the
+    padding to ~1/8 of the matches while keeping the batched matmuls efficient)."""
+    if n_matches == 0 or n_pairs == 0:
+        return 32
+    target = n_matches / (4 * n_pairs)
+    return int(min(512, max(32, 2 ** math.floor(math.log2(max(target, 1.0))))))
+
+
+def build_layout(m_img: Tensor, m_xy: Tensor, m_anchor: Tensor, m_off: Tensor, m_conf: Tensor,
+                 chunk: int | None = None, seed: int = 0) -> MatchLayout:
+    """Chunked layout of K matches: ``m_img (2, K)``, ``m_xy (2, K, 2)``, ``m_anchor (2, K)``, ``m_off (2, K)``,
+    ``m_conf (K,)`` (all the trusted matches, any order).
+
+    Matches are shuffled (fixed seed) inside each pair: the anchor gradient's ``index_add_`` is several times
+    slower on CPU with sorted indices, and the order inside a chunk is otherwise irrelevant.
+    """
+    dev, dt = m_xy.device, m_xy.dtype
+    img = m_img.cpu().numpy().astype(np.int64)
+    k = img.shape[1]
+    n_img = int(img.max()) + 1 if k else 1
+    rng = np.random.default_rng(seed)
+    shuffle = rng.permutation(k)
+    key = img[0, shuffle] * n_img + img[1, shuffle]
+    order = shuffle[np.argsort(key, kind="stable")]
+    key = img[0, order] * n_img + img[1, order]
+    starts = np.flatnonzero(np.r_[True, key[1:] != key[:-1]]) if k else np.zeros(0, np.int64)
+    lengths = np.diff(np.r_[starts, k])
+    b = chunk or choose_chunk(k, len(starts))
+    n_chunks_per = -(-lengths // b)
+    chunk_base = np.r_[0, np.cumsum(n_chunks_per)[:-1]].astype(np.int64)
+    n_chunks = int(n_chunks_per.sum())
+    seg = np.repeat(np.arange(len(starts)), lengths)
+    rank = np.arange(k) - starts[seg]
+    pos = torch.as_tensor((chunk_base[seg] + rank // b) * b + rank % b, device=dev)  # flat slot of order[i]
+    order_t = torch.as_tensor(order, device=dev)
+    chunk_seg = np.repeat(np.arange(len(starts)), n_chunks_per)
+    first = order[starts[chunk_seg]] if n_chunks else np.zeros(0, np.int64)  # a real match of each chunk
+
+    def fill(values: Tensor, pad: Tensor) -> Tensor:
+        """(2, K) per-side values -> (2C, B), padding slots taking the per-chunk ``pad (2, C)``."""
+        out = pad.unsqueeze(-1).expand(2, n_chunks, b).reshape(2, n_chunks * b).clone()
+        out[:, pos] = values[:, order_t]
+        return out.reshape(2 * n_chunks, b)
+
+    first_t = torch.as_tensor(first, device=dev)
+    zero = torch.zeros((2, n_chunks), device=dev, dtype=dt)
+    conf = torch.zeros(n_chunks * b, device=dev, dtype=m_conf.dtype)
+    conf[pos] = m_conf[order_t]
+    return MatchLayout(
+        img=torch.as_tensor(img[:, first].reshape(-1), device=dev),
+        x=fill(m_xy[..., 0], zero), y=fill(m_xy[..., 1], zero),
+        off_m1=fill(m_off - 1, zero),
+        anchor=fill(m_anchor, m_anchor[:, first_t]),
+        conf=conf.reshape(n_chunks, b),
+        conf_sum=float(m_conf.sum()),
+        chunk=b,
+    )
+
+
+
 @dataclass(frozen=True)
 class CameraConsts:
     """Fixed inputs of the compiled camera model (numpy, float64 / int64): ``median_depths, base_focals (N,)``,
@@ -844,8 +942,10 @@ def camera_table(quats: Tensor, trans: Tensor, log_sizes: Tensor, log_focals: Te
 
 def kernel_match_loss(table: Tensor, anchor_depth: Tensor, layout, stage: int, gamma: float,
                       intr_grad: bool = True, threads: int = 1) -> Tensor:
-    """Same contract as :func:`sparsega._fused.fused_match_loss` (CPU tensors only), computed by the compiled
-    kernel."""
+    """The stage-1 (3D) or stage-2 (reprojection) loss of the matches in ``layout``, normalised by the sum of their
+    confidences (stage 2: twice that), from the ``(17, N)`` camera table and ``(A,)`` anchor depths; differentiable
+    (the kernel computes the gradients in its forward). CPU tensors only. ``intr_grad=False`` drops the gradients of
+    the intrinsics rows."""
     if not _HAVE_NUMBA:
         raise RuntimeError("the compiled match-loss kernel needs numba (pip install numba)")
     if table.device.type != "cpu":

@@ -36,7 +36,7 @@ ALIGN_FLAGS: dict[str, Any] = {
     "subsample": int, "matching_conf_thr": float, "canonical_mode": str, "kinematic_mode": str,
     "niter1": int, "niter2": int, "lr1": float, "lr2": float, "shared_intrinsics": None,
     "device": str, "dtype": str, "fix_intrinsics": None, "fix_poses": None,
-    "pose_init": str, "lr1_procrustes": float, "loss_backend": str,
+    "pose_init": str, "lr1_procrustes": float, "loss_backend": str, "threads": int,
 }
 
 
@@ -81,9 +81,12 @@ def _align(p: argparse.ArgumentParser, scene_graph: bool = True) -> None:
     g.add_argument("--pose-init", choices=POSE_INITS,
                    help="stage-1 start: chained pairwise Procrustes poses (procrustes) or the reference's identity")
     g.add_argument("--lr1-procrustes", type=float, metavar="X",
-                   help="stage-1 learning rate when starting from the Procrustes poses (0.007)")
+                   help="stage-1 learning rate when starting from the Procrustes poses (default: --lr1)")
     g.add_argument("--loss-backend", choices=LOSS_BACKENDS,
-                   help="match-loss implementation: compiled kernel on CPU (auto), fused torch, or plain autograd")
+                   help="loss implementation: compiled kernels on CPU (auto), or the plain autograd twin")
+    g.add_argument("--threads", type=int, metavar="N",
+                   help="threads of the compiled alignment kernels (1; 0 = torch's count); results do not depend "
+                        "on it")
     g.add_argument("--shared-intrinsics", action="store_true", default=None, help="one camera for all images")
     g.add_argument("--device", metavar="DEV", help="cpu or cuda[:k] (cpu)")
     g.add_argument("--dtype", choices=DTYPES, help="optimisation precision (float32)")

@@ -35,8 +35,7 @@ from scipy.spatial.transform import Rotation
 from tqdm.auto import tqdm
 
 from . import _kernels
-from ._fused import MatchLayout, build_layout, fused_match_loss
-from ._kernels import kernel_match_loss
+from ._kernels import MatchLayout, build_layout, kernel_match_loss
 from .errors import ConfigError
 from .types import AlignConfig
 
@@ -275,19 +274,19 @@ class OptimState:
 
 def resolve_backend(config: AlignConfig) -> str:
     """The match-loss implementation for ``config.loss_backend`` on ``config.device``: ``"auto"`` is the compiled
-    kernel on CPU when numba imports, the fused torch path otherwise."""
+    kernel on CPU when numba imports and the loss gammas have a compiled form, the autograd path otherwise (CUDA)."""
     want = config.loss_backend
     on_cpu = torch.device(config.device).type == "cpu"
     gammas_ok = all(float(g) in _kernels.KERNEL_GAMMAS for g in (config.loss_gamma1, config.loss_gamma2))
     if want == "auto":
-        return "kernel" if on_cpu and gammas_ok and _kernels.available() else "fused"
+        return "kernel" if on_cpu and gammas_ok and _kernels.available() else "autograd"
     if want == "kernel":
         if not _kernels.available():
             raise ConfigError("loss_backend='kernel' needs numba, which does not import here (pip install numba); "
-                              "use loss_backend='fused'")
+                              "use loss_backend='autograd'")
         if not gammas_ok:
             raise ConfigError(f"loss_backend='kernel' supports loss gammas {sorted(_kernels.KERNEL_GAMMAS)} only; "
-                              "use loss_backend='fused' for others")
+                              "use loss_backend='autograd' for others")
     return want
 
 
@@ -555,7 +554,7 @@ class SparseAligner:
     # -- losses ----------------------------------------------------------------------------------------------
     @property
     def layout(self) -> MatchLayout:
-        """Chunked layout of the trusted matches for the fused losses (built on first use)."""
+        """Chunked layout of the trusted matches for the compiled kernel (built on first use)."""
         if self._layout is None:
             p, k = self.p, self.n_ok
             self._layout = build_layout(p.m_img[:, :k], p.m_xy[:, :k], p.m_anchor[:, :k], p.m_off[:, :k],
@@ -566,10 +565,7 @@ class SparseAligner:
         return bool(self.log_focals.requires_grad or self.pps.requires_grad)
 
     def _match_loss(self, table: Tensor, anchor_depth: Tensor, stage: int, gamma: float) -> Tensor:
-        if self.backend == "kernel":
-            return kernel_match_loss(table, anchor_depth, self.layout, stage, gamma, self._intr_grad(),
-                                     self.cfg.threads)
-        return fused_match_loss(table, anchor_depth, self.layout, stage, gamma, self._intr_grad())
+        return kernel_match_loss(table, anchor_depth, self.layout, stage, gamma, self._intr_grad(), self.cfg.threads)
 
     def loss_3d(self, table: Tensor, anchor_depth: Tensor, gamma: float) -> Tensor:
         """Confidence-weighted robust (gamma) distance between the two 3D points of each trusted match."""
@@ -747,7 +743,7 @@ class SparseAligner:
         cfg, p = self.cfg, self.p
         if stage == 1:
             names, niter = ["quats", "trans", "log_sizes"], cfg.niter1
-            lr_base = cfg.lr1_procrustes if self.warm_start else cfg.lr1
+            lr_base = (cfg.lr1_procrustes or cfg.lr1) if self.warm_start else cfg.lr1
             gamma, name = cfg.loss_gamma1, "stage 1 (3D)"
         else:
             names = ["quats", "trans", "log_sizes", "log_focals"]

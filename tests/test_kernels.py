@@ -1,6 +1,6 @@
-"""Fast match losses against their autograd twins in sparsega.optimize: the fused torch losses (sparsega._fused) and
-the compiled kernel (sparsega._kernels). Loss values and gradients (table, anchor depths, and through SparseAligner
-the optimised parameters), edge cases, and a full alignment."""
+"""The compiled kernels (sparsega._kernels) against their autograd twins in sparsega.optimize: loss values and
+gradients (table, anchor depths, and through SparseAligner the optimised parameters), the camera model, edge cases,
+and a full alignment."""
 
 from __future__ import annotations
 
@@ -13,8 +13,7 @@ import torch
 
 from sparsega import AlignConfig, align, synthetic
 from sparsega import _kernels
-from sparsega._fused import build_layout, fused_match_loss
-from sparsega._kernels import kernel_match_loss
+from sparsega._kernels import build_layout, kernel_match_loss
 from sparsega.alignment import build_problem
 from sparsega.errors import ConfigError
 from sparsega.optimize import AlignProblem, SparseAligner, distance, gamma_of_distance, resolve_backend
@@ -22,8 +21,8 @@ from sparsega.pairs import make_pairs, unique_pairs
 
 TOL = {torch.float64: 1e-10, torch.float32: 1e-4}
 needs_numba = pytest.mark.skipif(not _kernels.available(), reason="numba not installed")
-IMPLS = {"fused": fused_match_loss, "kernel": kernel_match_loss}
-IMPL_PARAMS = [pytest.param("fused"), pytest.param("kernel", marks=needs_numba)]
+IMPLS = {"kernel": kernel_match_loss}
+IMPL_PARAMS = [pytest.param("kernel", marks=needs_numba)]
 
 
 def _random_case(dtype: torch.dtype, seed: int = 0, n: int = 5, k: int = 700, n_anchor: int = 90):
@@ -93,7 +92,7 @@ def _grads(fn, table, depth):
 
 
 def _close_table(ga: torch.Tensor, gb: torch.Tensor, table: torch.Tensor, tol: float) -> None:
-    """Table gradients agree: rows 9.. exactly; the rotation rows up to a component normal to SO(3). The fused loss
+    """Table gradients agree: rows 9.. exactly; the rotation rows up to a component normal to SO(3). The kernel
     uses ``R^T R = 1`` (relative poses, rotation-invariant distances), so only the tangent part
     ``skew(R^T dL/dR)`` is defined by the loss on rotations, and only it reaches the quaternions."""
     _close(ga[9:], gb[9:], tol)
@@ -146,12 +145,13 @@ def test_edge_cases_are_exercised():
     assert int((distance(tuple(c[:k] for c in pts), tuple(c[k:] for c in pts)) <= 1e-15).sum()) == 4
 
 
+@needs_numba
 @pytest.mark.parametrize("chunk", [None, 32, 512])
 def test_layout_chunk_size_does_not_change_the_loss(chunk):
     table, depth, img, xy, anchor, off, conf = _random_case(torch.float64, seed=3)
-    ref = fused_match_loss(table, depth, build_layout(img, xy, anchor, off, conf, chunk=64), 2, 0.5)
+    ref = kernel_match_loss(table, depth, build_layout(img, xy, anchor, off, conf, chunk=64), 2, 0.5)
     lay = build_layout(img, xy, anchor, off, conf, chunk=chunk)
-    assert float(fused_match_loss(table, depth, lay, 2, 0.5)) == pytest.approx(float(ref), rel=1e-12)
+    assert float(kernel_match_loss(table, depth, lay, 2, 0.5)) == pytest.approx(float(ref), rel=1e-12)
     assert int((lay.conf > 0).sum()) == conf.shape[0]  # every match exactly once, padding has weight 0
 
 
@@ -250,7 +250,7 @@ def test_kernel_rejects_other_gammas_and_auto_falls_back():
     with pytest.raises(ValueError, match="gamma"):
         kernel_match_loss(table, depth, lay, 1, 1.1)
     assert resolve_backend(AlignConfig()) == "kernel"
-    assert resolve_backend(AlignConfig(loss_gamma2=0.7)) == "fused"
+    assert resolve_backend(AlignConfig(loss_gamma2=0.7)) == "autograd"
     with pytest.raises(ConfigError, match="loss_backend='kernel'"):
         resolve_backend(AlignConfig(loss_gamma1=1.2, loss_backend="kernel"))
     with pytest.raises(ConfigError, match="CPU only"):
@@ -294,7 +294,7 @@ def test_compiled_camera_model_matches_torch(dtype, shared, case):
     wt = torch.randn(17, problem.n_images, generator=g, dtype=dtype)
     wa = torch.randn(al.core_depth.shape, generator=g, dtype=dtype)
     out = {}
-    for backend in ("kernel", "fused"):
+    for backend in ("kernel", "autograd"):
         al.backend = backend
         for t in params.values():
             t.requires_grad_(True)
@@ -303,12 +303,12 @@ def test_compiled_camera_model_matches_torch(dtype, shared, case):
         ((table * wt).sum() + (depth * wa).sum()).backward()
         out[backend] = (table.detach(), depth.detach(), {k: t.grad.clone() for k, t in params.items()})
     tol = TOL[dtype]
-    _close(out["kernel"][0], out["fused"][0], tol)
-    _close(out["kernel"][1], out["fused"][1], tol)
+    _close(out["kernel"][0], out["autograd"][0], tol)
+    _close(out["kernel"][1], out["autograd"][1], tol)
     for k in params:
-        _close(out["kernel"][2][k], out["fused"][2][k], tol)
+        _close(out["kernel"][2][k], out["autograd"][2][k], tol)
     if case == "ties_and_clamps" and not shared:
-        assert float(out["fused"][2]["log_focals"][-1]) == 0  # the clamp really stops that focal's gradient
+        assert float(out["autograd"][2]["log_focals"][-1]) == 0  # the clamp really stops that focal's gradient
 
 
 @needs_numba
@@ -323,10 +323,10 @@ def test_known_poses_use_the_torch_camera_model():
 
 def test_without_numba_auto_uses_the_torch_path(monkeypatch):
     monkeypatch.setattr(_kernels, "_HAVE_NUMBA", False)
-    assert resolve_backend(AlignConfig()) == "fused"
+    assert resolve_backend(AlignConfig()) == "autograd"
     with pytest.raises(ConfigError, match="needs numba"):
         resolve_backend(AlignConfig(loss_backend="kernel"))
-    assert resolve_backend(AlignConfig(device="cuda")) == "fused"
+    assert resolve_backend(AlignConfig(device="cuda")) == "autograd"
 
 
 @needs_numba
@@ -356,3 +356,54 @@ def test_kernel_is_safe_from_several_threads_and_thread_count_invariant():
     assert sorted(out) == [0, 1]
     for k in out:
         np.testing.assert_array_equal(out[k], ref)
+
+
+# ------------------------------------------------------------------------------------------ fallback kernel, Adam
+@needs_numba
+@pytest.mark.parametrize("gamma", [1.1, 1.0])
+def test_fallback_kernel_matches_autograd(gamma):
+    """The DUSt3R-fallback kernel (loss and gradients w.r.t. the camera table and the anchor depths) against
+    SparseAligner.loss_fallback under autograd, on a problem whose every pair falls back."""
+    _, preds = _orbit_preds()
+    problem, _, _ = build_problem(preds, AlignConfig(matching_conf_thr=1e9), None)
+    problem = AlignProblem(**{k: (v.double() if isinstance(v, torch.Tensor) and v.is_floating_point() else v)
+                              for k, v in vars(problem).items()})
+    assert problem.fb_conf.numel() > 1000
+    al = SparseAligner(problem, AlignConfig(matching_conf_thr=1e9))
+    g = torch.Generator().manual_seed(2)
+    with torch.no_grad():
+        al.quats.add_(0.05 * torch.randn(al.quats.shape, generator=g, dtype=torch.float64))
+        al.trans.add_(0.05 * torch.randn(al.trans.shape, generator=g, dtype=torch.float64))
+    al.backend = "autograd"
+    focals, pps, cam2w, depth, _ = al.cameras()
+    table = al.camera_table(focals, pps, cam2w).detach().requires_grad_(True)
+    depth = depth.detach().requires_grad_(True)
+    ref = al.loss_fallback(table, depth, gamma_of_distance(gamma))
+    ref.backward()
+    tab = table.detach().T.contiguous().numpy()
+    g_tab, g_ad = np.zeros_like(tab), np.zeros(depth.shape[0])
+    off = (1 / gamma) ** (1 / (gamma - 1)) if gamma != 1 else 0.0
+    blocks = al._fallback_blocks()
+    scale = 1 / float(problem.fb_conf.sum())
+    total = _kernels._fallback_jit(tab, depth.detach().numpy(), *blocks, gamma, off, scale, g_tab, g_ad)
+    assert total * scale == pytest.approx(float(ref.detach()), rel=1e-10)
+    _close(torch.from_numpy(g_tab).T, table.grad, 1e-9)
+    _close(torch.from_numpy(g_ad), depth.grad, 1e-9)
+
+
+@needs_numba
+def test_adam_kernel_matches_torch_adam():
+    g = torch.Generator().manual_seed(0)
+    p = torch.randn(50, generator=g, dtype=torch.float64)
+    ref = p.clone().requires_grad_(True)
+    opt = torch.optim.Adam([ref], lr=1.0, betas=(0.9, 0.9), eps=1e-8)
+    mine, m, v = p.numpy().copy(), np.zeros(50), np.zeros(50)
+    for it in range(20):
+        grad = torch.randn(50, generator=g, dtype=torch.float64) * (0.0 if it == 3 else 1.0)
+        lr = 0.07 * (1 + np.cos(np.pi * it / 20)) / 2
+        for group in opt.param_groups:
+            group["lr"] = lr
+        ref.grad = grad.clone()
+        opt.step()
+        _kernels._adam_jit(mine, grad.numpy(), m, v, it + 1, lr, 0.9, 0.9, 1e-8)
+    np.testing.assert_allclose(mine, ref.detach().numpy(), rtol=1e-12, atol=1e-14)
