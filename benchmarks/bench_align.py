@@ -35,7 +35,7 @@ def run_one(args: argparse.Namespace, n: int) -> dict:
     t_sim = time.perf_counter() - t0
     t0 = time.perf_counter()
     scene = align(preds, progress=False, niter1=args.niter[0], niter2=args.niter[1], clean_depth=False,
-                  pose_init=args.pose_init, loss_backend=args.backend)
+                  pose_init=args.pose_init, loss_backend=args.backend, threads=args.threads)
     wall = time.perf_counter() - t0
     m = metrics.camera_metrics(scene.cam2w.astype(np.float64), sc.cam2w, scene.focals, sc.focals, sc.extent)
     tim = scene.info["timings_s"]
@@ -63,8 +63,9 @@ def main() -> None:
     ap.add_argument("--kind", default="walk", choices=["orbit", "walk", "hemisphere"])
     ap.add_argument("--graph", default="swin-5")
     ap.add_argument("--niter", type=int, nargs=2, default=[300, 300])
-    ap.add_argument("--size", type=int, nargs=2, default=[192, 256], help="H W for N <= --big-n")
-    ap.add_argument("--size-big", type=int, nargs=2, default=[96, 128], help="H W above --big-n")
+    ap.add_argument("--size", type=int, nargs=2, default=[384, 512], help="H W for N <= --big-n (network size)")
+    ap.add_argument("--size-big", type=int, nargs=2, default=[384, 512],
+                    help="H W above --big-n (default: the network size too; smaller only when asked)")
     ap.add_argument("--big-n", type=int, default=128)
     ap.add_argument("--pose-init", default="procrustes", choices=["procrustes", "identity"])
     ap.add_argument("--threads", type=int, default=1)

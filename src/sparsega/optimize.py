@@ -680,6 +680,11 @@ class SparseAligner:
         if self.intr_grad_mask is not None and not cfg.shared_intrinsics:
             m = self.intr_grad_mask.cpu().numpy().astype(np.float64)
             masks = {"log_focals": m, "pps": np.repeat(m, 2)}
+        # fixed gauge: a rigid motion of a root moves its whole subtree rigidly and leaves the loss unchanged, so
+        # the root's pose gradient is 0 up to rounding; Adam would turn that noise into full-size steps
+        free = (consts.parent >= 0).astype(np.float64)
+        masks["quats"] = np.repeat(free, 4)
+        masks["trans"] = np.repeat(free, 3)
         schedule = SCHEDULES[cfg.lr_schedule]
         intr = "log_focals" in names or "pps" in names
         losses: list[float] = []
