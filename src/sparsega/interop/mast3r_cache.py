@@ -148,6 +148,23 @@ def _read_corres(path: Path) -> tuple[tuple[float, float, int], np.ndarray, np.n
     return score, xy1, xy2, conf
 
 
+def _load_pair(record: tuple, lazy: bool) -> PairPrediction:
+    """The prediction of one pair record ``(i, j, forward path ij, forward path ji, corres path, score, xy1, xy2,
+    conf)``, shapes checked; ``lazy``: memory-mapped pointmaps (see :func:`_read_forward`)."""
+    i, j, path_ij, path_ji, corres_path, score, xy1, xy2, conf = record
+    x11, c11, x21, c21 = _read_forward(path_ij, lazy=lazy)
+    x22, c22, x12, c12 = _read_forward(path_ji, lazy=lazy)
+    pred = PairPrediction(
+        i=i, j=j, pts11=x11, conf11=c11, pts21=x21, conf21=c21, pts22=x22, conf22=c22, pts12=x12, conf12=c12,
+        xy1=xy1, xy2=xy2, match_conf=conf, score=score,
+    )
+    try:
+        pred.validate()
+    except InputError as exc:
+        raise InputError(f"{path_ij}, {path_ji}, {corres_path}: inconsistent files: {exc}") from exc
+    return pred
+
+
 class CachedPairSequence(Sequence[PairPrediction]):
     """The pairs of a naver cache folder, loaded on access: the matches are held in memory, the pointmaps are
     memory-mapped from their files each time a pair is indexed and released with the returned prediction.
@@ -165,18 +182,7 @@ class CachedPairSequence(Sequence[PairPrediction]):
         return len(self._records)
 
     def _load(self, k: int) -> PairPrediction:
-        i, j, path_ij, path_ji, corres_path, score, xy1, xy2, conf = self._records[k]
-        x11, c11, x21, c21 = _read_forward(path_ij, lazy=True)
-        x22, c22, x12, c12 = _read_forward(path_ji, lazy=True)
-        pred = PairPrediction(
-            i=i, j=j, pts11=x11, conf11=c11, pts21=x21, conf21=c21, pts22=x22, conf22=c22, pts12=x12, conf12=c12,
-            xy1=xy1, xy2=xy2, match_conf=conf, score=score,
-        )
-        try:
-            pred.validate()
-        except InputError as exc:
-            raise InputError(f"{path_ij}, {path_ji}, {corres_path}: inconsistent files: {exc}") from exc
-        return pred
+        return _load_pair(self._records[k], lazy=True)
 
     def __getitem__(self, k):  # type: ignore[override]
         if isinstance(k, slice):
@@ -254,19 +260,11 @@ def read_mast3r_cache(cache_dir: PathLike, image_paths: Sequence[PathLike], subs
             incomplete.append(f"({i}, {j}) has no correspondence file")
             continue
         path_ij, path_ji = forward / hi / f"{hj}.pth", forward / hj / f"{hi}.pth"
-        x11, c11, x21, c21 = _read_forward(path_ij, lazy=lazy)
-        x22, c22, x12, c12 = _read_forward(path_ji, lazy=lazy)
-        pred = PairPrediction(
-            i=i, j=j, pts11=x11, conf11=c11, pts21=x21, conf21=c21, pts22=x22, conf22=c22, pts12=x12, conf12=c12,
-            xy1=xy1, xy2=xy2, match_conf=conf, score=score,
-        )
-        try:
-            pred.validate()
-        except InputError as exc:
-            raise InputError(f"{path_ij}, {path_ji}, {corres_path}: inconsistent files: {exc}") from exc
+        record = (i, j, path_ij, path_ji, corres_path, score, xy1, xy2, conf)
+        pred = _load_pair(record, lazy)  # structure and shapes checked now, in both modes
         if lazy:  # keep only the names and the matches; the maps are mapped again on access
-            del pred, x11, c11, x21, c21, x22, c22, x12, c12
-            records.append((i, j, path_ij, path_ji, corres_path, score, xy1, xy2, conf))
+            del pred
+            records.append(record)
         else:
             preds.append(pred)
 
