@@ -88,7 +88,7 @@ def canonical_view(
         raise InputError("canonical_view: at least one prediction of the view is needed")
     if H % s or W % s:
         raise InputError(f"canonical_view: image size {H}x{W} (HxW) is not a multiple of subsample={s}")
-    if not bool(torch.isfinite(ptmaps).all()):
+    if not bool(torch.isfinite(torch.stack(torch.aminmax(ptmaps))).all()):  # one pass; min/max propagate NaN
         raise InputError("canonical_view: ptmaps contain non-finite values")
     confs = confs.to(ptmaps.dtype)
     if not bool((confs > CONF_OFFSET).all()):  # also catches NaN
