@@ -36,19 +36,24 @@ except ImportError:  # pragma: no cover - exercised only where numba is missing
     numba = None
     _HAVE_NUMBA = False
 
-_SQ_MIN = 1e-30
+SQ_MIN = 1e-30
 # reassociation (SIMD sums over a chunk) and fused multiply-add only: no "nnan"/"ninf", so a NaN or inf input still
 # reaches the loss (the optimiser's non-finite guard relies on it)
 _FASTMATH = {"reassoc", "contract", "nsz"}
-_Z_MIN = 1e-3
-_PIX_MIN, _PIX_MAX = -1000.0, 2000.0
+Z_MIN = 1e-3
+PIX_MIN, PIX_MAX = -1000.0, 2000.0
 
 
 _prange = numba.prange if _HAVE_NUMBA else range
 # numba's default ("workqueue") threading layer must not be entered from two Python threads at once (it aborts the
 # process): parallel kernels are serialised across threads
 LOCK = threading.Lock()
-_LOCK = LOCK
+
+
+def gamma_offset(gamma: float) -> float:
+    """Offset ``o = (1/gamma)^(1/(gamma-1))`` making the gamma loss ``(r + o)^gamma - o^gamma`` have slope 1 at 0;
+    0 for ``gamma = 1`` (the plain distance). The one definition, used by the kernels and the autograd twin."""
+    return 0.0 if gamma == 1 else (1.0 / gamma) ** (1.0 / (gamma - 1.0))
 
 
 def available() -> bool:
@@ -123,20 +128,20 @@ def _reproject(p0: float, p1: float, p2: float, f: float, px: float, py: float, 
     """Robust reprojection term of camera-frame point ``p`` at pixel ``(x, y)`` and its gradients: returns
     ``conf * rho(r)`` and ``dL/dp (3), dL/df, dL/dppx, dL/dppy``."""
     # every clamp is written so that a NaN takes the pass-through side (torch's clamps propagate NaN too)
-    zlive = not (p2 < _Z_MIN)
-    iz = 1.0 / (p2 if zlive else _Z_MIN)
+    zlive = not (p2 < Z_MIN)
+    iz = 1.0 / (p2 if zlive else Z_MIN)
     fz = f * iz
     ur = px + p0 * fz
     vr = py + p1 * fz
-    eu = (_PIX_MIN if ur < _PIX_MIN else (_PIX_MAX if ur > _PIX_MAX else ur)) - x
-    ev = (_PIX_MIN if vr < _PIX_MIN else (_PIX_MAX if vr > _PIX_MAX else vr)) - y
+    eu = (PIX_MIN if ur < PIX_MIN else (PIX_MAX if ur > PIX_MAX else ur)) - x
+    ev = (PIX_MIN if vr < PIX_MIN else (PIX_MAX if vr > PIX_MAX else vr)) - y
     sq = eu * eu + ev * ev
-    live = not (sq < _SQ_MIN)
-    r = math.sqrt(sq if live else _SQ_MIN)
+    live = not (sq < SQ_MIN)
+    r = math.sqrt(sq if live else SQ_MIN)
     rho, slope = _rho(r, gcode, gamma, off)
     w = cf * slope if live else 0.0
-    gu = 0.0 if (ur < _PIX_MIN or ur > _PIX_MAX) else eu * w
-    gv = 0.0 if (vr < _PIX_MIN or vr > _PIX_MAX) else ev * w
+    gu = 0.0 if (ur < PIX_MIN or ur > PIX_MAX) else eu * w
+    gv = 0.0 if (vr < PIX_MIN or vr > PIX_MAX) else ev * w
     hz = (gu * p0 + gv * p1) * iz
     return cf * rho, gu * fz, gv * fz, (-hz * fz if zlive else 0.0), hz, gu, gv
 
@@ -145,7 +150,7 @@ def _loss_and_grad(tab: np.ndarray, ad: np.ndarray, img: np.ndarray, xs: np.ndar
                    offm1: np.ndarray, anc: np.ndarray, conf: np.ndarray, stage: int, gcode: int, gamma: float,
                    off: float, g_tab: np.ndarray, g_ad: np.ndarray) -> float:
     """Sum over matches of ``conf * rho(r)`` with ``rho(r) = (r + off)^gamma`` (``off``: see
-    :func:`sparsega.optimize.gamma_offset`; stage 1: both ends' 3D distance; stage 2: reprojection
+    :func:`gamma_offset`; stage 1: both ends' 3D distance; stage 2: reprojection
     error of each end into the other image, both terms summed); gradients w.r.t. ``tab (N, 17)`` and ``ad (A,)``
     are ADDED to ``g_tab`` and ``g_ad`` (float64, unscaled).
 
@@ -207,8 +212,8 @@ def _loss_and_grad(tab: np.ndarray, ad: np.ndarray, img: np.ndarray, xs: np.ndar
                 e1 = pa1 - (r10 * pb0 + r11 * pb1 + r12 * db + t1)
                 e2 = da - (r20 * pb0 + r21 * pb1 + r22 * db + t2)
                 sq = e0 * e0 + e1 * e1 + e2 * e2
-                live = not (sq < _SQ_MIN)  # NaN stays NaN
-                r = math.sqrt(sq if live else _SQ_MIN)
+                live = not (sq < SQ_MIN)  # NaN stays NaN
+                r = math.sqrt(sq if live else SQ_MIN)
                 rho, slope = _rho(r, gcode, gamma, off)
                 acc += cf * rho
                 w = cf * slope if live else 0.0
@@ -613,8 +618,8 @@ def _fallback_loss_and_grad(tab: np.ndarray, ad: np.ndarray, blocks: np.ndarray,
             e1 = ri3 * p0 + ri4 * p1 + ri5 * d - (rj3 * q0 + rj4 * q1 + rj5 * q2) + dt1
             e2 = ri6 * p0 + ri7 * p1 + ri8 * d - (rj6 * q0 + rj7 * q1 + rj8 * q2) + dt2
             sq = e0 * e0 + e1 * e1 + e2 * e2
-            live = not (sq < _SQ_MIN)
-            r = math.sqrt(sq if live else _SQ_MIN)
+            live = not (sq < SQ_MIN)
+            r = math.sqrt(sq if live else SQ_MIN)
             cf = conf[n]
             t = r + off
             tg = math.exp(gamma * math.log(t)) if gamma != 1.0 else r
@@ -761,8 +766,8 @@ class _KernelMatchLoss(torch.autograd.Function):
         g_ad = np.zeros_like(ad)
         arrs = lay.arrays
         gamma = float(gamma)
-        off = (1.0 / gamma) ** (1.0 / (gamma - 1.0)) if gamma != 1.0 else 0.0
-        with _LOCK:
+        off = gamma_offset(gamma)
+        with LOCK:
             set_threads(threads)
             total = _loss_and_grad_jit(tab, ad, *arrs, stage, KERNEL_GAMMAS[gamma], gamma, off, g_tab, g_ad)
         k = 1 if stage == 1 else 2

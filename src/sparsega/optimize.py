@@ -35,7 +35,7 @@ from scipy.spatial.transform import Rotation
 from tqdm.auto import tqdm
 
 from . import _kernels
-from ._kernels import MatchLayout, build_layout, kernel_match_loss
+from ._kernels import PIX_MAX, PIX_MIN, SQ_MIN, Z_MIN, MatchLayout, build_layout, gamma_offset, kernel_match_loss
 from .errors import ConfigError
 from .types import AlignConfig
 
@@ -47,11 +47,6 @@ Tensor = torch.Tensor
 # ----------------------------------------------------------------------------------------------------------------
 # losses and schedules (pure)
 # ----------------------------------------------------------------------------------------------------------------
-def gamma_offset(gamma: float) -> float:
-    """Offset ``o = (1/gamma)^(1/(gamma-1))`` making the gamma loss's slope 1 at 0 (gamma != 1)."""
-    return (1.0 / gamma) ** (1.0 / (gamma - 1.0))
-
-
 def gamma_loss(gamma: float) -> Callable[[Tensor, Tensor], Tensor]:
     """Robust loss on the Euclidean distance ``r = |a - b|`` over the last axis: ``(r + o)^gamma - o^gamma``.
 
@@ -107,8 +102,8 @@ def project(rot_w2c: Tensor, trans_w2c: Tensor, focal: Tensor, pp: Tensor, pts: 
     """Pixel coordinates of world points, as the reference: depth clipped at 1e-3, pixels clipped to
     [-1000, 2000] so that points behind the camera cannot produce NaNs. ``pts (..., 3) -> (..., 2)``."""
     cam = transform(rot_w2c, trans_w2c, pts)
-    uv = cam[..., :2] / cam[..., 2:3].clamp(min=1e-3)
-    return (uv * focal.unsqueeze(-1) + pp).clamp(-1000, 2000)
+    uv = cam[..., :2] / cam[..., 2:3].clamp(min=Z_MIN)
+    return (uv * focal.unsqueeze(-1) + pp).clamp(PIX_MIN, PIX_MAX)
 
 
 def tree_levels(n: int, root: int | Sequence[int], edges: np.ndarray
@@ -186,7 +181,7 @@ def distance(a: Sequence[Tensor], b: Sequence[Tensor]) -> Tensor:
     the gradient stays finite at exactly zero distance (the value changes by at most 1e-15).
     """
     sq = sum((u - v) * (u - v) for u, v in zip(a, b))
-    return sq.clamp_min(1e-30).sqrt()  # type: ignore[union-attr]
+    return sq.clamp_min(SQ_MIN).sqrt()  # type: ignore[union-attr]
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -532,10 +527,10 @@ class SparseAligner:
         """Pixels of world points in gathered cameras (reference clipping: depth >= 1e-3, pixels in
         [-1000, 2000] so that points behind a camera never produce NaNs)."""
         dx, dy, dz = wx - r[9], wy - r[10], wz - r[11]
-        z = (r[2] * dx + r[5] * dy + r[8] * dz).clamp(min=1e-3)
+        z = (r[2] * dx + r[5] * dy + r[8] * dz).clamp(min=Z_MIN)
         fz = r[12] / z
-        u = ((r[0] * dx + r[3] * dy + r[6] * dz) * fz + r[13]).clamp(-1000, 2000)
-        v = ((r[1] * dx + r[4] * dy + r[7] * dz) * fz + r[14]).clamp(-1000, 2000)
+        u = ((r[0] * dx + r[3] * dy + r[6] * dz) * fz + r[13]).clamp(PIX_MIN, PIX_MAX)
+        v = ((r[1] * dx + r[4] * dy + r[7] * dz) * fz + r[14]).clamp(PIX_MIN, PIX_MAX)
         return u, v
 
     def match_points(self, table: Tensor, anchor_depth: Tensor) -> tuple[tuple[Tensor, Tensor, Tensor], tuple]:
@@ -646,6 +641,12 @@ class SparseAligner:
                 np.ascontiguousarray(xy[:, 1]), anc, np.ascontiguousarray(p.fb_target.cpu().double().numpy()),
                 np.ascontiguousarray(p.fb_conf.cpu().double().numpy()))
 
+    def _compiled_forward(self, table: np.ndarray, ad: np.ndarray) -> None:
+        """Fill ``table (N, 17)`` and ``ad (A,)`` from the float64 parameters by the compiled camera model."""
+        P, consts = self._np, self._camera_consts()
+        _kernels._camera_forward_jit(P["quats"], P["trans"], P["log_sizes"], P["log_focals"], P["pps"],
+                                     P["core_depth"], *consts.arrays(), consts.anchor_img, table, ad)
+
     def _run_stage_compiled(self, stage: int, names: list[str], niter: int, lr_base: float, gamma: float,
                             name: str) -> StageResult:
         """One stage with every iteration in compiled code: camera model, match and fallback losses with their
@@ -662,9 +663,9 @@ class SparseAligner:
         fb_sum = float(fb[-1].sum())
         fb_w = cfg.fallback_weight / fb_sum if (cfg.fallback_weight and fb_sum > 0) else 0.0
         fb_gamma = float(cfg.fallback_gamma)
-        fb_off = gamma_offset(fb_gamma) if fb_gamma != 1 else 0.0
+        fb_off = gamma_offset(fb_gamma)
         gcode = _kernels.KERNEL_GAMMAS[float(gamma)]
-        off = gamma_offset(float(gamma)) if gamma != 1 else 0.0
+        off = gamma_offset(float(gamma))
         k_sides = 1 if stage == 1 else 2
         m_norm = (self.layout.conf_sum * k_sides) if self.n_ok else 1.0
         m_const = k_sides * off**gamma * self.layout.conf_sum if self.n_ok else 0.0
@@ -695,12 +696,9 @@ class SparseAligner:
         try:
             with kn.LOCK:
                 kn.set_threads(cfg.threads)
-                for it in range(niter):
-                    if not names:
-                        break
+                for it in range(niter if names else 0):
                     lr = schedule(it / niter, lr_base, cfg.lr_end)
-                    kn._camera_forward_jit(P["quats"], P["trans"], P["log_sizes"], P["log_focals"], P["pps"],
-                                           P["core_depth"], *c_arrs, table, ad)
+                    self._compiled_forward(table, ad)
                     g_tab[:] = 0.0
                     g_ad[:] = 0.0
                     loss = 0.0
@@ -848,13 +846,10 @@ class SparseAligner:
     def state(self, stages: list[StageResult]) -> OptimState:
         n = self.p.n_images
         if self._np is not None:  # the compiled path: its own float64 camera model on its float64 parameters
-            P = self._np
-            consts = self._camera_consts()
             table = np.empty((n, 17))
-            ad = np.empty(P["core_depth"].shape[0])
+            ad = np.empty(self._np["core_depth"].shape[0])
             with _kernels.LOCK:
-                _kernels._camera_forward_jit(P["quats"], P["trans"], P["log_sizes"], P["log_focals"], P["pps"],
-                                             P["core_depth"], *consts.arrays(), consts.anchor_img, table, ad)
+                self._compiled_forward(table, ad)
             c2w = np.tile(np.eye(4), (n, 1, 1))
             c2w[:, :3, :3] = table[:, :9].reshape(n, 3, 3)
             c2w[:, :3, 3] = table[:, 9:12]
