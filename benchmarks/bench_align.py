@@ -25,8 +25,9 @@ def run_one(args: argparse.Namespace, n: int) -> dict:
     import torch
 
     torch.set_num_threads(args.threads)
-    from sparsega import align, metrics, synthetic
-    from sparsega.pairs import make_pairs, unique_pairs
+    from sparsega import align, metrics
+    from sparsega.sim import synthetic
+    from sparsega.frontend.pairs import make_pairs, unique_pairs
 
     h, w = (args.size if n <= args.big_n else args.size_big)
     t0 = time.perf_counter()

@@ -43,8 +43,8 @@ def main() -> None:
     if args.torch_threads:
         torch.set_num_threads(args.torch_threads)
     import sparsega
-    from sparsega import synthetic
-    from sparsega.pairs import make_pairs, unique_pairs
+    from sparsega.sim import synthetic
+    from sparsega.frontend.pairs import make_pairs, unique_pairs
 
     h, w = args.size
     sc = synthetic.make_scene(args.kind, n_views=args.n, height=h, width=w, seed=0)

@@ -9,7 +9,7 @@ The network is the official ViT-Large MASt3R configuration built from its constr
 (timing does not depend on the weights; no checkpoint file needed). Both ways run in the same process on the same
 pairs:
 
-- ``ours``: :func:`sparsega.inference.run_pairs`: each image encoded once, both directions of a pair (and several
+- ``ours``: :func:`sparsega.frontend.inference.run_pairs`: each image encoded once, both directions of a pair (and several
   pairs of equal shapes) per decoder call;
 - ``baseline``: the reference's way: ``symmetric_inference`` per pair, which encodes both images again for every pair.
 
@@ -63,11 +63,11 @@ def run(args: argparse.Namespace) -> dict:
     import numpy as np
     import torch
 
-    from sparsega.images import load_images
-    from sparsega.inference import run_pairs
-    from sparsega.matching import extract_correspondences
-    from sparsega.model import build_net
-    from sparsega.pairs import make_pairs, unique_pairs
+    from sparsega.frontend.images import load_images
+    from sparsega.frontend.inference import run_pairs
+    from sparsega.frontend.matching import extract_correspondences
+    from sparsega.frontend.model import build_net
+    from sparsega.frontend.pairs import make_pairs, unique_pairs
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)

@@ -5,8 +5,8 @@
     python benchmarks/bench_scale.py --n 256 --pose-init identity --kinematic-mode mst
 
 ``--source cache`` (default): the predictions are simulated once and written to a temporary prediction cache
-(:class:`sparsega.cache.CacheDir`, not timed as alignment), then aligned from a
-:class:`sparsega.inference.CachedPredictions`, the way ``reconstruct`` streams them: one pair in memory at a time.
+(:class:`sparsega.frontend.cache.CacheDir`, not timed as alignment), then aligned from a
+:class:`sparsega.frontend.inference.CachedPredictions`, the way ``reconstruct`` streams them: one pair in memory at a time.
 ``--source lazy``: simulated again on every access (no disk). Peak RSS is the process's maximum (the simulation
 holds one pair at a time too). Not run by CI.
 """
@@ -45,8 +45,9 @@ def main() -> None:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    from sparsega import align, metrics, synthetic
-    from sparsega.pairs import make_pairs, unique_pairs
+    from sparsega import align, metrics
+    from sparsega.sim import synthetic
+    from sparsega.frontend.pairs import make_pairs, unique_pairs
 
     h, w = args.size or ((192, 256) if args.n <= 256 else (96, 128))
     t0 = time.perf_counter()
@@ -58,8 +59,8 @@ def main() -> None:
     if args.source == "cache":
         import tempfile
 
-        from sparsega.cache import CacheDir, save_pair
-        from sparsega.inference import CACHE_NAMESPACE, CachedPredictions
+        from sparsega.frontend.cache import CacheDir, save_pair
+        from sparsega.frontend.inference import CACHE_NAMESPACE, CachedPredictions
 
         if args.cache_dir is None:
             tmp = tempfile.TemporaryDirectory(prefix="bench_scale_")

@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from sparsega.model import MASt3RNet
+from sparsega.frontend.model import MASt3RNet
 
 
 def write_images(folder: Path, shapes: list[tuple[int, int]], seed: int = 0) -> list[str]:

@@ -44,6 +44,6 @@ def plane_scene(n: int = 4, h: int = 48, w: int = 64, net_to_orig: np.ndarray | 
 
 def scale_crop_map(n: int, scale: float = 2.0, left: int = 8, top: int = 4) -> np.ndarray:
     """(n, 3, 3) network -> original map of an image resized by 1/``scale`` then cropped at (left, top) (pixel
-    centres at integer coordinates, as :mod:`sparsega.images`)."""
+    centres at integer coordinates, as :mod:`sparsega.frontend.images`)."""
     A = np.array([[scale, 0, (left + 0.5) * scale - 0.5], [0, scale, (top + 0.5) * scale - 0.5], [0, 0, 1.0]])
     return np.tile(A, (n, 1, 1))

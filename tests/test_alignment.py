@@ -14,8 +14,10 @@ import numpy as np
 import pytest
 import torch
 
-from sparsega import AlignConfig, GraphError, InputError, Scene, align, metrics, synthetic
-from sparsega.pairs import make_pairs, unique_pairs
+from sparsega import AlignConfig, GraphError, InputError, Scene, align, metrics
+
+from sparsega.sim import synthetic
+from sparsega.frontend.pairs import make_pairs, unique_pairs
 
 BOUNDS = dict(rra5=0.95, rta5=0.90, rot_err_med=1.0, ate_rel=0.02, focal_err_med=0.03)
 

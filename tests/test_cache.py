@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from sparsega.cache import (
+from sparsega.frontend.cache import (
     FORMAT_VERSION,
     ArrayStore,
     CacheDir,
@@ -160,7 +160,7 @@ def test_pair_prediction_round_trip(tmp_path: Path) -> None:
 def test_load_pair_rejects_other_entries(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     store = ArrayStore(tmp_path, "pairs")
     store.put("k", {"x": np.zeros(1)}, {"kind": "something"})
-    with caplog.at_level(logging.WARNING, logger="sparsega.cache"):
+    with caplog.at_level(logging.WARNING, logger="sparsega.frontend.cache"):
         assert load_pair(store, "k", 0, 1) is None
     assert "not a pair prediction" in caplog.text
 
@@ -217,7 +217,7 @@ def test_corruption_detected_deleted_and_recomputable(
     store.put("key1", arrays, {"m": 1})
     path = store.path("key1")
     path.write_bytes(_corrupt_cases(path.read_bytes())[case])
-    with caplog.at_level(logging.WARNING, logger="sparsega.cache"):
+    with caplog.at_level(logging.WARNING, logger="sparsega.frontend.cache"):
         assert store.get("key1") is None
     assert str(path) in caplog.text  # the warning names the file
     assert not path.exists()  # deleted so that the caller recomputes
@@ -232,14 +232,14 @@ def test_every_single_bit_flip_is_detected(tmp_path: Path) -> None:
     store.put("k", {"a": np.arange(6, dtype=np.float32).reshape(2, 3), "b": np.array([7], np.int64)}, {"s": "t"})
     path = store.path("k")
     original = path.read_bytes()
-    logging.getLogger("sparsega.cache").disabled = True
+    logging.getLogger("sparsega.frontend.cache").disabled = True
     try:
         for pos in range(len(original)):
             for bit in (0x01, 0x80):
                 path.write_bytes(original[:pos] + bytes([original[pos] ^ bit]) + original[pos + 1:])
                 assert store.get("k") is None, (pos, bit)
     finally:
-        logging.getLogger("sparsega.cache").disabled = False
+        logging.getLogger("sparsega.frontend.cache").disabled = False
     path.write_bytes(original)
     assert store.get("k") is not None
 
@@ -272,7 +272,7 @@ def test_pickle_in_place_of_entry_is_never_executed(
 
         torch.save(payload, path)
     assert store.has("deadbeef")
-    with caplog.at_level(logging.WARNING, logger="sparsega.cache"):
+    with caplog.at_level(logging.WARNING, logger="sparsega.frontend.cache"):
         assert load_pair(store, "deadbeef", 0, 1) is None
         assert store.get("deadbeef") is None
     assert not marker.exists()
@@ -287,7 +287,7 @@ def test_safetensors_file_without_checksum_refused(tmp_path: Path, caplog: pytes
     path = store.path("k")
     path.parent.mkdir(parents=True)
     path.write_bytes(safetensors.numpy.save({"x": np.zeros(3, np.float32)}))
-    with caplog.at_level(logging.WARNING, logger="sparsega.cache"):
+    with caplog.at_level(logging.WARNING, logger="sparsega.frontend.cache"):
         assert store.get("k") is None
     assert "checksum" in caplog.text
 
@@ -352,7 +352,7 @@ def test_crash_between_write_and_rename(tmp_path: Path) -> None:
     store.put("old", {"x": np.zeros(4)}, {"v": "old"})
     code = f"""
         import os, numpy as np
-        from sparsega.cache import ArrayStore
+        from sparsega.frontend.cache import ArrayStore
         store = ArrayStore({str(tmp_path)!r}, "pairs")
         os.replace = lambda src, dst: os._exit(3)   # the process dies right before the rename
         store.put("new", {{"x": np.ones(1000)}}, {{}})
@@ -394,7 +394,7 @@ def test_concurrent_writers_threads(tmp_path: Path, caplog: pytest.LogCaptureFix
                 seen.append(meta["w"])
         return seen
 
-    with caplog.at_level(logging.WARNING, logger="sparsega.cache"):
+    with caplog.at_level(logging.WARNING, logger="sparsega.frontend.cache"):
         with ThreadPoolExecutor(12) as pool:
             futures = [pool.submit(write, w) for w in range(8)] + [pool.submit(read, r) for r in range(4)]
             for f in futures:
@@ -409,7 +409,7 @@ def test_concurrent_writers_processes(tmp_path: Path) -> None:
     """Several processes (think Ray workers) writing the same key: every read sees one complete entry."""
     code = """
         import numpy as np
-        from sparsega.cache import ArrayStore
+        from sparsega.frontend.cache import ArrayStore
         store = ArrayStore({root!r}, "pairs")
         for it in range(15):
             store.put("same", {{"x": np.full(200_000, {w}, np.float32)}}, {{"w": {w}}})

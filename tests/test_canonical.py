@@ -10,7 +10,7 @@ import torch
 
 from conftest import load_golden
 from sparsega import ConfigError, InputError
-from sparsega.canonical import (
+from sparsega.alignment.canonical import (
     anchor_columns,
     anchor_depth_offsets,
     anchor_grid,

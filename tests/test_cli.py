@@ -134,7 +134,7 @@ def test_export_in_place_and_to_new_folder(saved, tmp_path):
 
 def test_eval_gt_formats_exact_scene(saved, tmp_path):
     """The scene's own cameras as ground truth (JSON of cam2w, COLMAP model): perfect metrics."""
-    from sparsega.export import write_colmap
+    from sparsega.io.export import write_colmap
     from sparsega.scene import Scene
 
     scene = Scene.load(saved / "scene")
@@ -221,9 +221,9 @@ def test_align_cache_maps_back_to_original_pixels(tmp_path):
     the files' pixels (COLMAP size and focals x2) and eval against the true cameras passes."""
     from PIL import Image
 
-    from sparsega import synthetic
+    from sparsega.sim import synthetic
     from sparsega.interop import write_mast3r_cache
-    from sparsega.pairs import make_pairs
+    from sparsega.frontend.pairs import make_pairs
 
     gt = synthetic.make_scene("orbit", n_views=4, height=96, width=128, seed=3)
     paths = []

@@ -8,11 +8,11 @@ import logging
 import numpy as np
 import pytest
 
-from sparsega import synthetic
-from sparsega.alignment import align
-from sparsega.components import align_components, self_pair, split_components, subset_predictions
+from sparsega.sim import synthetic
+from sparsega.alignment.api import align
+from sparsega.alignment.components import align_components, self_pair, split_components, subset_predictions
 from sparsega.errors import ConfigError, GraphError
-from sparsega.pairs import make_pairs
+from sparsega.frontend.pairs import make_pairs
 from sparsega.types import AlignConfig, PairPrediction
 
 CFG = AlignConfig(niter1=40, niter2=40, progress=False)

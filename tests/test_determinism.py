@@ -19,7 +19,7 @@ import hashlib, sys
 import numpy as np, torch
 torch.set_num_threads(int(sys.argv[1]))
 import sparsega
-from sparsega import synthetic
+from sparsega.sim import synthetic
 gt = synthetic.make_scene("orbit", n_views=6, height=192, width=256, seed=3)
 pairs = [(i, j) for i in range(6) for j in range(i + 1, 6)]
 preds = synthetic.simulate_predictions(gt, pairs)
@@ -53,7 +53,7 @@ def test_same_cameras_across_processes_and_thread_counts():
 
 def test_same_cameras_twice_in_one_process():
     import sparsega
-    from sparsega import synthetic
+    from sparsega.sim import synthetic
 
     gt = synthetic.make_scene("walk", n_views=5, height=192, width=256, seed=1)
     preds = synthetic.simulate_predictions(gt, [(i, i + 1) for i in range(4)] + [(0, 2), (2, 4)])

@@ -10,13 +10,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from sparsega.cache import CacheDir
-from sparsega.distributed import RAY_MISSING, partition_batches, run_pairs_ray
+from sparsega.frontend.cache import CacheDir
+from sparsega.frontend.distributed import RAY_MISSING, partition_batches, run_pairs_ray
 from sparsega.errors import ConfigError
-from sparsega.images import LoadedImage, load_images
-from sparsega.inference import CACHE_NAMESPACE, _batches, pair_cache_key, run_pairs
-from sparsega.model import MASt3RNet, load_checkpoint
-from sparsega.pairs import make_pairs
+from sparsega.frontend.images import LoadedImage, load_images
+from sparsega.frontend.inference import CACHE_NAMESPACE, _batches, pair_cache_key, run_pairs
+from sparsega.frontend.model import MASt3RNet, load_checkpoint
+from sparsega.frontend.pairs import make_pairs
 from sparsega.types import PairPrediction
 
 CKPT = Path(__file__).parent / "data" / "golden" / "model_tiny_a.pth"

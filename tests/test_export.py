@@ -10,9 +10,9 @@ import pytest
 from PIL import Image
 
 from _scenes import plane_scene, scale_crop_map
-from sparsega import export
+from sparsega.io import export
 from sparsega.errors import ConfigError, InputError
-from sparsega.preview import render_preview
+from sparsega.io.preview import render_preview
 
 
 @pytest.fixture(scope="module")

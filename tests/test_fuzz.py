@@ -6,9 +6,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from sparsega import synthetic
-from sparsega.alignment import align
-from sparsega.pairs import make_pairs
+from sparsega.sim import synthetic
+from sparsega.alignment.api import align
+from sparsega.frontend.pairs import make_pairs
 from sparsega.types import AlignConfig
 
 N_CASES = 50

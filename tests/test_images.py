@@ -1,4 +1,4 @@
-"""Tests of sparsega.images: reference preprocessing bit-for-bit, modes, EXIF, coordinate maps, errors."""
+"""Tests of sparsega.frontend.images: reference preprocessing bit-for-bit, modes, EXIF, coordinate maps, errors."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from conftest import load_golden
 from PIL import Image, ImageFile
 
 from sparsega.errors import InputError
-from sparsega.images import collect_image_paths, load_image, load_images
+from sparsega.frontend.images import collect_image_paths, load_image, load_images
 
 
 @pytest.fixture(scope="module")

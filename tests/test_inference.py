@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 import torch
 
-from sparsega.cache import CacheDir
+from sparsega.frontend.cache import CacheDir
 from sparsega.errors import CacheError, ConfigError, InputError
-from sparsega.images import LoadedImage, load_images
-from sparsega.inference import CachedPredictions, run_pairs
-from sparsega.model import MASt3RNet, load_checkpoint
-from sparsega.pairs import make_pairs
+from sparsega.frontend.images import LoadedImage, load_images
+from sparsega.frontend.inference import CachedPredictions, run_pairs
+from sparsega.frontend.model import MASt3RNet, load_checkpoint
+from sparsega.frontend.pairs import make_pairs
 
 from _netutils import CallCounter, write_images
 

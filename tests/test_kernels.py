@@ -1,4 +1,4 @@
-"""The compiled kernels (sparsega._kernels) against their autograd twins in sparsega.optimize: loss values and
+"""The compiled kernels (sparsega.alignment._kernels) against their autograd twins in sparsega.alignment.optimizer: loss values and
 gradients (table, anchor depths, and through SparseAligner the optimised parameters), the camera model, edge cases,
 and a full alignment."""
 
@@ -11,13 +11,15 @@ import pytest
 import roma
 import torch
 
-from sparsega import AlignConfig, align, synthetic
-from sparsega import _kernels
-from sparsega._kernels import build_layout, kernel_match_loss
-from sparsega.alignment import build_problem
+from sparsega import AlignConfig, align
+
+from sparsega.sim import synthetic
+from sparsega.alignment import _kernels
+from sparsega.alignment._kernels import build_layout, kernel_match_loss
+from sparsega.alignment.api import build_problem
 from sparsega.errors import ConfigError
-from sparsega.optimize import AlignProblem, SparseAligner, distance, gamma_of_distance, resolve_backend
-from sparsega.pairs import make_pairs, unique_pairs
+from sparsega.alignment.optimizer import AlignProblem, SparseAligner, distance, gamma_of_distance, resolve_backend
+from sparsega.frontend.pairs import make_pairs, unique_pairs
 
 TOL = {torch.float64: 1e-10, torch.float32: 1e-4}
 needs_numba = pytest.mark.skipif(not _kernels.available(), reason="numba not installed")

@@ -8,7 +8,7 @@ import torch
 
 from conftest import load_golden
 from sparsega import ConfigError, GraphError, InputError
-from sparsega.kinematic import (
+from sparsega.alignment.kinematic import (
     HCLUST_METHODS,
     KinematicTree,
     _hclust_steps,

@@ -7,9 +7,11 @@ import functools
 import numpy as np
 import pytest
 
-from sparsega import InputError, align, metrics, synthetic
-from sparsega.known import similarity_from_cameras
-from sparsega.pairs import make_pairs, unique_pairs
+from sparsega import InputError, align, metrics
+
+from sparsega.sim import synthetic
+from sparsega.alignment.known import similarity_from_cameras
+from sparsega.frontend.pairs import make_pairs, unique_pairs
 
 N = 12
 

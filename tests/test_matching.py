@@ -1,4 +1,4 @@
-"""Tests of sparsega.matching against the reference goldens, plus reciprocity, blocking and 3D matching."""
+"""Tests of sparsega.frontend.matching against the reference goldens, plus reciprocity, blocking and 3D matching."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ import pytest
 import torch
 from conftest import load_golden
 
-import sparsega.matching as matching
+import sparsega.frontend.matching as matching
 from sparsega.errors import InputError
-from sparsega.matching import (
+from sparsega.frontend.matching import (
     extract_correspondences,
     fast_reciprocal_nns,
     match_pointmaps_3d,

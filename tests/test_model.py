@@ -13,8 +13,8 @@ from conftest import GOLDEN, load_golden
 from torch import nn
 
 from sparsega.errors import InputError
-from sparsega.model import MASt3RNet, build_net, load_checkpoint
-from sparsega.model.rope import RoPE2D
+from sparsega.frontend.model import MASt3RNet, build_net, load_checkpoint
+from sparsega.frontend.model.rope import RoPE2D
 
 MAST3R_CASES = ["land", "mixed", "diffshape"]
 DUST3R_CASES = ["land", "mixed"]

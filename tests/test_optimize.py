@@ -8,7 +8,7 @@ import roma
 import torch
 
 from conftest import load_golden
-from sparsega.optimize import (backproject, compose_chain, cosine_schedule, gamma_loss, gamma_offset,
+from sparsega.alignment.optimizer import (backproject, compose_chain, cosine_schedule, gamma_loss, gamma_offset,
                                linear_schedule, project, tree_levels)
 
 G = load_golden("blocks/losses_schedules.npz")
@@ -85,10 +85,11 @@ def test_project_inverts_backproject(dtype):
 def test_stage1_peak_lr_depends_on_the_start(pose_init):
     """Adam's first step moves every parameter with a clear gradient by the peak lr: lr1_procrustes from
     the chained Procrustes poses, the reference's lr1 from identity."""
-    from sparsega import AlignConfig, synthetic
-    from sparsega.alignment import build_problem
-    from sparsega.optimize import SparseAligner
-    from sparsega.pairs import make_pairs, unique_pairs
+    from sparsega import AlignConfig
+    from sparsega.sim import synthetic
+    from sparsega.alignment.api import build_problem
+    from sparsega.alignment.optimizer import SparseAligner
+    from sparsega.frontend.pairs import make_pairs, unique_pairs
 
     sc = synthetic.make_scene("orbit", 4, 64, 96)
     preds = synthetic.simulate_predictions(sc, unique_pairs(make_pairs(4, "complete")), seed=0)

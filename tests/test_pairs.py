@@ -1,4 +1,4 @@
-"""Tests of sparsega.pairs: reference scene graphs (golden), structure for other sizes, errors, unique_pairs."""
+"""Tests of sparsega.frontend.pairs: reference scene graphs (golden), structure for other sizes, errors, unique_pairs."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import pytest
 from conftest import load_golden
 
 from sparsega.errors import ConfigError, InputError
-from sparsega.pairs import make_pairs, parse_scene_graph, unique_pairs
+from sparsega.frontend.pairs import make_pairs, parse_scene_graph, unique_pairs
 
 GOLDEN = load_golden("blocks/make_pairs.npz")
 MODES = [k[len("pairs_"):] for k in GOLDEN if k.startswith("pairs_")]

@@ -11,7 +11,7 @@ import pytest
 
 import sparsega
 from sparsega.errors import CacheError, ConfigError, InputError
-from sparsega.model import MASt3RNet, load_checkpoint
+from sparsega.frontend.model import MASt3RNet, load_checkpoint
 from _netutils import CallCounter, write_images
 
 GOLDEN = Path(__file__).parent / "data" / "golden"

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from sparsega.cache import ENTRY_SUFFIX, TEMP_SUFFIX
+from sparsega.frontend.cache import ENTRY_SUFFIX, TEMP_SUFFIX
 
 try:
     import sparsega.pipeline  # noqa: F401
@@ -48,7 +48,7 @@ def _entries(cache: Path) -> dict[str, int]:
 
 @pytest.fixture(scope="module")
 def images(tmp_path_factory: pytest.TempPathFactory) -> list[str]:
-    from sparsega import synthetic
+    from sparsega.sim import synthetic
 
     d = tmp_path_factory.mktemp("imgs")
     gt = synthetic.make_scene("orbit", n_views=N_IMAGES, height=48, width=64, seed=11)
@@ -151,7 +151,7 @@ def test_corrupt_and_truncated_entries_detected_and_recomputed(images, reference
     assert set(after) == set(untouched) | {str(flipped), str(truncated)}
     for p, m in untouched.items():
         assert after[p] == m
-    from sparsega.cache import _decode_entry
+    from sparsega.frontend.cache import _decode_entry
 
     for bad in (flipped, truncated):
         assert not isinstance(_decode_entry(bad.read_bytes()), str)
@@ -159,7 +159,7 @@ def test_corrupt_and_truncated_entries_detected_and_recomputed(images, reference
 
 
 def test_cache_of_another_checkpoint_is_refused(images, reference, tmp_path):
-    from sparsega.cache import CacheDir
+    from sparsega.frontend.cache import CacheDir
 
     CacheDir(tmp_path / "cache", "some-other-checkpoint")
     out = tmp_path / "out"

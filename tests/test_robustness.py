@@ -20,10 +20,14 @@ import pytest
 import torch
 from PIL import Image
 
-from sparsega import _kernels, cli, synthetic
-from sparsega.alignment import align
+from sparsega import cli
+
+from sparsega.alignment import _kernels
+
+from sparsega.sim import synthetic
+from sparsega.alignment.api import align
 from sparsega.errors import CacheError, CheckpointError, ConfigError, GraphError, InputError
-from sparsega.pairs import make_pairs
+from sparsega.frontend.pairs import make_pairs
 from sparsega.types import AlignConfig, PairPrediction
 
 GOLDEN = Path(__file__).parent / "data" / "golden"
@@ -172,7 +176,7 @@ def test_nonsense_options_api(override, exc, needle):
 
 
 def test_unknown_scene_graph_api():
-    from sparsega.pairs import parse_scene_graph
+    from sparsega.frontend.pairs import parse_scene_graph
 
     for name in ("star-3", "swin-x", "", "oneref-"):
         with pytest.raises(ConfigError) as err:
@@ -181,7 +185,7 @@ def test_unknown_scene_graph_api():
 
 
 def test_cache_from_another_checkpoint_api(tmp_path):
-    from sparsega.cache import CacheDir
+    from sparsega.frontend.cache import CacheDir
 
     CacheDir(tmp_path / "c", "checkpoint-A")
     with pytest.raises(CacheError, match="checkpoint-A") as err:

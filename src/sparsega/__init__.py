@@ -23,9 +23,9 @@ __version__ = "0.1.0"
 logging.getLogger(__name__).addHandler(logging.NullHandler())
 
 _LAZY = {
-    "align": ("sparsega.alignment", "align"),
+    "align": ("sparsega.alignment.api", "align"),
     "reconstruct": ("sparsega.pipeline", "reconstruct"),
-    "load_checkpoint": ("sparsega.model", "load_checkpoint"),
+    "load_checkpoint": ("sparsega.frontend.model", "load_checkpoint"),
     "Scene": ("sparsega.scene", "Scene"),
 }
 

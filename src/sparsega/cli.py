@@ -285,7 +285,7 @@ def _check_output(args: argparse.Namespace) -> Path:
 
 
 def _min_conf(args: argparse.Namespace) -> float:
-    from .export import DEFAULT_MIN_CONF
+    from .io.export import DEFAULT_MIN_CONF
 
     v = getattr(args, "min_conf", None)
     if v is None:
@@ -396,7 +396,7 @@ def load_ground_truth(path: str | os.PathLike) -> dict[str, dict[str, Any]]:
                 if item.get("path"):
                     out[str(item["name"])]["path"] = str(item["path"])
         elif isinstance(data, dict) and isinstance(data.get("frames"), list):  # nerfstudio
-            from .export import CV_TO_GL
+            from .io.export import CV_TO_GL
 
             for fr in data["frames"]:
                 c2w = np.asarray(fr["transform_matrix"], np.float64) @ CV_TO_GL
@@ -430,7 +430,7 @@ def evaluate_scene(scene: Any, gt: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """Camera metrics of ``scene`` against ground truth matched by image name (full path, export name or file
     name). Focals compared in original pixels."""
     from . import metrics
-    from .export import image_names, original_intrinsics
+    from .io.export import image_names, original_intrinsics
 
     extent = gt.get("__extent__", {}).get("extent")
     cams = {k: v for k, v in gt.items() if k != "__extent__"}
@@ -474,7 +474,7 @@ def write_output(scene: Any, args: argparse.Namespace, command: str, timings: di
     """Write every export, ``report.json`` (and ``extra_files``: name -> callable(folder)) into ``args.output``
     atomically; return the summary."""
     from . import __version__
-    from .export import export_to, staged_dir
+    from .io.export import export_to, staged_dir
 
     out = Path(args.output)
     min_conf = _min_conf(args)
@@ -507,9 +507,9 @@ def write_output(scene: Any, args: argparse.Namespace, command: str, timings: di
 
 def align_or_split(preds: Sequence[Any], cfg: AlignConfig, **kw: Any) -> tuple[Any, Any]:
     """``(scene, None)`` when the match graph is connected, else ``(None, ComponentResult)`` with one Scene per
-    component of >= 2 views (see :mod:`sparsega.components`: pairs without any match do not link)."""
-    from .alignment import align
-    from .components import align_components, split_components
+    component of >= 2 views (see :mod:`sparsega.alignment.components`: pairs without any match do not link)."""
+    from .alignment.api import align
+    from .alignment.components import align_components, split_components
 
     if split_components(preds, kw.get("n_images")).connected:
         return align(preds, cfg, **kw), None
@@ -523,7 +523,7 @@ def write_components(result: Any, args: argparse.Namespace, command: str, timing
     top-level ``report.json`` saying which images went where (and which are unregistered), atomically.
     ``metrics_fn(scene) -> dict | None`` evaluates one component."""
     from . import __version__
-    from .export import export_to, staged_dir
+    from .io.export import export_to, staged_dir
 
     out = Path(args.output)
     min_conf = _min_conf(args)
@@ -566,7 +566,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     """Synthetic scene -> simulated predictions -> alignment -> metrics table -> output folder."""
     from PIL import Image
 
-    from .pairs import make_pairs, parse_scene_graph
+    from .frontend.pairs import make_pairs, parse_scene_graph
 
     cfg, _ = align_config(args)
     graph = args.scene_graph or DEMO_DEFAULTS["scene_graph"]
@@ -577,7 +577,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         raise ConfigError(f"--height/--width {args.height}x{args.width}: must be >= 32")
     out = _check_output(args)
     from . import metrics as metrics_mod
-    from . import synthetic
+    from .sim import synthetic
 
     t = {}
     t0 = time.perf_counter()
@@ -628,8 +628,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def cmd_reconstruct(args: argparse.Namespace) -> int:
     """Photos + checkpoint -> output folder."""
-    from .images import collect_image_paths
-    from .pairs import parse_scene_graph
+    from .frontend.images import collect_image_paths
+    from .frontend.pairs import parse_scene_graph
 
     cfg, overrides = align_config(args)
     graph = args.scene_graph or "swin-5"
@@ -672,7 +672,7 @@ def cmd_align_cache(args: argparse.Namespace) -> int:
     cache = Path(args.cache_dir)
     if not cache.is_dir():
         raise InputError(f"{cache}: cache folder not found")
-    from .images import collect_image_paths, load_images
+    from .frontend.images import collect_image_paths, load_images
     from .interop import read_mast3r_cache
 
     paths = list(args.images)
@@ -723,7 +723,7 @@ def _load_output(folder: str) -> Any:
 
 def cmd_export(args: argparse.Namespace) -> int:
     """Re-export a saved scene, in place or into a new folder."""
-    from .export import export_all, parse_formats
+    from .io.export import export_all, parse_formats
 
     fmts = parse_formats(args.format)
     min_conf = _min_conf(args)
@@ -760,7 +760,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 def cmd_view(args: argparse.Namespace) -> int:
     """Serve the scene in the browser with viser."""
-    from .viewer import serve, viser_available
+    from .io.viewer import serve, viser_available
 
     if not viser_available():
         raise InputError("the viewer needs the optional package viser: pip install 'sparsega[viewer]'")

@@ -104,7 +104,7 @@ def ate(est_cam2w: np.ndarray, gt_cam2w: np.ndarray, align: str = "sim3") -> flo
 
 
 def ate_rel(est_cam2w: np.ndarray, gt_cam2w: np.ndarray, extent: float, align: str = "sim3") -> float:
-    """:func:`ate` divided by a scene extent (e.g. :attr:`sparsega.synthetic.SyntheticScene.extent`)."""
+    """:func:`ate` divided by a scene extent (e.g. :attr:`sparsega.sim.synthetic.SyntheticScene.extent`)."""
     if not (np.isfinite(extent) and extent > 0):
         raise InputError(f"extent={extent!r}: must be a finite number > 0")
     return ate(est_cam2w, gt_cam2w, align) / float(extent)

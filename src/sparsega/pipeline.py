@@ -1,7 +1,7 @@
 """``sparsega.reconstruct``: photos + checkpoint -> :class:`~sparsega.scene.Scene`.
 
 Stages (each timed in ``scene.info["timings_s"]``): load the images at the network size, run the network over the
-scene graph (:func:`~sparsega.inference.run_pairs`, optionally cached on disk), align (:func:`~sparsega.align`).
+scene graph (:func:`~sparsega.frontend.inference.run_pairs`, optionally cached on disk), align (:func:`~sparsega.align`).
 The scene stays in network pixels; ``scene.net_to_orig`` and ``scene.info["original_sizes"]`` carry the map back
 to the original photos for exports.
 """
@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from .errors import ConfigError, InputError
-from .images import LoadedImage, collect_image_paths, load_images
+from .frontend.images import LoadedImage, collect_image_paths, load_images
 from .types import AlignConfig
 
 logger = logging.getLogger(__name__)
@@ -95,7 +95,7 @@ def reconstruct(
     """Reconstruct a scene from photos with a MASt3R (or DUSt3R) network and sparse global alignment.
 
     Args:
-        image_paths: image files, folders or glob patterns (see :func:`~sparsega.images.collect_image_paths`).
+        image_paths: image files, folders or glob patterns (see :func:`~sparsega.frontend.images.collect_image_paths`).
             Images with identical content are used once (warning); a single image is paired with itself.
         checkpoint_or_net: path of an official checkpoint (.pth) or an already loaded network.
         scene_graph: pairs to run (``complete``, ``swin-k``, ``logwin-k``, ``oneref-i``, ``-noncyclic``).
@@ -103,12 +103,12 @@ def reconstruct(
         cache_dir: on-disk cache of the network predictions (bound to the checkpoint: another checkpoint's folder
             raises :class:`~sparsega.errors.CacheError` unless ``overwrite_cache``).
         device: ``"cpu"`` or ``"cuda[:k]"`` for the network (when loading a path) and the alignment.
-        batch_size, desc_conf, autocast: see :func:`~sparsega.inference.run_pairs`.
+        batch_size, desc_conf, autocast: see :func:`~sparsega.frontend.inference.run_pairs`.
         known_intrinsics: ``{path: K (3, 3)}`` in ORIGINAL image pixels (mapped to network pixels here).
         known_poses: ``{path: cam2w (4, 4)}`` (OpenCV convention, any frame and scale).
         progress: progress bars.
         executor: ``"local"`` (this process) or ``"ray"``: pair inference on ``workers`` Ray workers
-            (:func:`~sparsega.distributed.run_pairs_ray`; same predictions bit for bit; needs a checkpoint path).
+            (:func:`~sparsega.frontend.distributed.run_pairs_ray`; same predictions bit for bit; needs a checkpoint path).
         ray_address: ``"host:port"`` of a Ray cluster (then ``cache_dir`` must be shared by all nodes); None: a
             local cluster.
         workers: Ray workers.
@@ -119,18 +119,18 @@ def reconstruct(
         Scene in network pixels, with ``net_to_orig`` (N, 3, 3), ``info["original_sizes"]`` ([W, H] per image),
         ``info["timings_s"]`` (load, inference, align, ...) and ``info["inference"]`` (pair/cache counts).
     """
-    from .alignment import align
-    from .cache import CacheDir
-    from .inference import run_pairs
-    from .model import load_checkpoint
-    from .pairs import make_pairs, parse_scene_graph
+    from .alignment.api import align
+    from .frontend.cache import CacheDir
+    from .frontend.inference import run_pairs
+    from .frontend.model import load_checkpoint
+    from .frontend.pairs import make_pairs, parse_scene_graph
 
     cfg = (config or AlignConfig()).replace(device=device, progress=progress, **align_overrides)
     parse_scene_graph(scene_graph)  # fail on a bad name before any work
     if executor not in ("local", "ray"):
         raise ConfigError(f"executor={executor!r}: must be 'local' or 'ray'")
     if executor == "ray":
-        from .distributed import _import_ray
+        from .frontend.distributed import _import_ray
 
         _import_ray()  # the install hint before any work
         if not isinstance(checkpoint_or_net, (str, os.PathLike)):
@@ -163,7 +163,7 @@ def reconstruct(
     cache = CacheDir(cache_dir, net.identity, reset=overwrite_cache) if cache_dir is not None else None
     stats: dict[str, Any] = {}
     if executor == "ray":
-        from .distributed import run_pairs_ray
+        from .frontend.distributed import run_pairs_ray
 
         preds = run_pairs_ray(checkpoint_or_net, images, pairs, cache_dir=cache_dir, ray_address=ray_address,
                               num_workers=workers, subsample=cfg.subsample, desc_conf=desc_conf,

@@ -41,7 +41,7 @@ def clean_confidences(confs: list[np.ndarray], intrinsics: np.ndarray, cam2w: np
     views that overlap, and comparing all N^2 pairs does not scale. One compiled pass per view pair (float64);
     :func:`clean_confidences_numpy` is its plain twin.
     """
-    from . import _kernels
+    from .alignment import _kernels
 
     if not _kernels.available():
         return clean_confidences_numpy(confs, intrinsics, cam2w, depthmaps, pairs, tol, bad_conf)

@@ -2,6 +2,6 @@
 
 from __future__ import annotations
 
-from .mast3r_cache import read_mast3r_cache, write_mast3r_cache
+from ..io.mast3r_cache import read_mast3r_cache, write_mast3r_cache
 
 __all__ = ["read_mast3r_cache", "write_mast3r_cache"]

@@ -2,7 +2,7 @@
 
 Each match is loaded once, its forward and backward are computed in registers, and per-chunk camera gradients are
 accumulated in scalars: one pass over the match arrays per iteration. The plain twin of every kernel is the torch
-autograd path of :class:`sparsega.optimize.SparseAligner` (``loss_backend="autograd"``, also the CUDA path); the
+autograd path of :class:`sparsega.alignment.optimizer.SparseAligner` (``loss_backend="autograd"``, also the CUDA path); the
 tests compare the two.
 
 Inputs are the :class:`MatchLayout` arrays and the ``(17, N)`` camera table (rows
@@ -346,7 +346,7 @@ def _camera_model(quats: np.ndarray, trans: np.ndarray, log_sizes: np.ndarray, l
                   fmax: np.ndarray, parent: np.ndarray, order: np.ndarray
                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray,
                              np.ndarray, np.ndarray, float, np.ndarray]:
-    """Per-image forward quantities of :meth:`sparsega.optimize.SparseAligner.cameras` (float64):
+    """Per-image forward quantities of :meth:`sparsega.alignment.optimizer.SparseAligner.cameras` (float64):
     ``qn (N,4) normalised quats, R (N,3,3) relative rotations, Rc (N,3,3) / T (N,3) chained poses, off (N,3)
     focal-plane offsets, f (N,) clipped focals, f_raw (N,), s (N,) sizes, z (N,), gscale, ppn (N,2)``."""
     n = quats.shape[0]
@@ -938,7 +938,7 @@ class _CameraTable(torch.autograd.Function):
 
 def camera_table(quats: Tensor, trans: Tensor, log_sizes: Tensor, log_focals: Tensor, pps: Tensor, core: Tensor,
                  consts: CameraConsts) -> tuple[Tensor, Tensor]:
-    """The camera table ``(17, N)`` and anchor depths ``(A,)`` of :meth:`sparsega.optimize.SparseAligner.cameras`
+    """The camera table ``(17, N)`` and anchor depths ``(A,)`` of :meth:`sparsega.alignment.optimizer.SparseAligner.cameras`
     (without known-pose constraints), differentiable, computed by the compiled camera model (CPU only)."""
     if not _HAVE_NUMBA:
         raise RuntimeError("the compiled camera model needs numba (pip install numba)")

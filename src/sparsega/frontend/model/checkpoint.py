@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from ..errors import CheckpointError, ConfigError
+from ...errors import CheckpointError, ConfigError
 from .net import DUST3R_CLASS, MASTER_CLASS, MASt3RNet, NetConfig
 
 log = logging.getLogger(__name__)

@@ -24,7 +24,7 @@ from scipy.cluster import hierarchy
 from scipy.sparse import csgraph
 from scipy.spatial.distance import squareform
 
-from .errors import ConfigError, GraphError, InputError
+from ..errors import ConfigError, GraphError, InputError
 
 __all__ = [
     "HCLUST_METHODS",

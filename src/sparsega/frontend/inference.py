@@ -5,7 +5,7 @@ What it does differently from the reference (same numbers, less work):
 - each image is encoded ONCE for all its pairs (the reference re-encodes both images for every pair); encoder
   features are kept in memory only while some pending pair still needs them;
 - both decoding directions of a pair, and several pairs whose image shapes agree, go through one decoder call;
-- predictions are cached on disk (:class:`~sparsega.cache.CacheDir`), keyed by the two images' content hashes, their
+- predictions are cached on disk (:class:`~sparsega.frontend.cache.CacheDir`), keyed by the two images' content hashes, their
   preprocessing, the checkpoint identity and the matching parameters; each pair is stored as soon as it is done, so
   a rerun, or the rerun of an interrupted run, does no network work for what is already there.
 
@@ -29,10 +29,10 @@ import torch
 from tqdm.auto import tqdm
 
 from .cache import ArrayStore, CacheDir, load_pair, pair_key, save_pair
-from .errors import CacheError, ConfigError, InputError
+from ..errors import CacheError, ConfigError, InputError
 from .images import LoadedImage
 from .matching import extract_correspondences, match_pointmaps_3d, pair_score
-from .types import PairPrediction
+from ..types import PairPrediction
 
 logger = logging.getLogger(__name__)
 
@@ -282,9 +282,9 @@ def run_pairs(
     """Network predictions + matches for the pairs of a scene graph.
 
     Args:
-        net: a :class:`~sparsega.model.MASt3RNet` (``encode``, ``decode_pair``, ``has_descriptors``, ``identity``).
-        images: the loaded images (:func:`~sparsega.images.load_images`).
-        pairs: (P, 2) image index pairs (e.g. :func:`~sparsega.pairs.make_pairs`); (j, i) repeats of (i, j) are
+        net: a :class:`~sparsega.frontend.model.MASt3RNet` (``encode``, ``decode_pair``, ``has_descriptors``, ``identity``).
+        images: the loaded images (:func:`~sparsega.frontend.images.load_images`).
+        pairs: (P, 2) image index pairs (e.g. :func:`~sparsega.frontend.pairs.make_pairs`); (j, i) repeats of (i, j) are
             dropped, so the output has one prediction per unordered pair, in the orientation met first.
         subsample: seed spacing of the matching.
         desc_conf: ``"desc_conf"`` or ``"conf"``: which confidence weighs the descriptor matches.

@@ -3,13 +3,13 @@
 How it works:
 
 - the driver checks the shared cache first; what is missing is cut into the decoder batches a local
-  :func:`~sparsega.inference.run_pairs` would use (same batch size, same order), so every pair is decoded in the
+  :func:`~sparsega.frontend.inference.run_pairs` would use (same batch size, same order), so every pair is decoded in the
   same company as in a local run; equal batches give equal floating-point results;
 - the batches are partitioned into one group per worker by a greedy partition of the scene graph (each batch goes
   to the group whose images it shares most, within an even share of the pairs), so few images are encoded by more
   than one worker;
 - each worker is a Ray actor that loads the checkpoint ONCE and runs its group through the very functions of
-  :mod:`sparsega.inference` (encoder bank, batched symmetric decoding, matching, score), encoding each of its
+  :mod:`sparsega.frontend.inference` (encoder bank, batched symmetric decoding, matching, score), encoding each of its
   images once; every pair is written to the shared content-addressed cache as soon as it is done (atomic writes),
   and only keys and counts travel back;
 - the driver then loads every pair from the cache, in graph order.
@@ -37,9 +37,9 @@ from typing import Any
 
 import numpy as np
 
-from .errors import CacheError, ConfigError, InputError, SparsegaError
+from ..errors import CacheError, ConfigError, InputError, SparsegaError
 from .images import LoadedImage, load_images
-from .types import PairPrediction
+from ..types import PairPrediction
 
 logger = logging.getLogger(__name__)
 
@@ -188,7 +188,7 @@ _ERROR_LINE = re.compile(r"sparsega\.errors\.(\w+): (.+)")
 
 def _worker_error(exc: BaseException, what: str) -> SparsegaError:
     """A one-line sparsega error for a failure inside a worker (Ray wraps the original exception)."""
-    from . import errors
+    from .. import errors
 
     found = _ERROR_LINE.findall(str(exc))
     if found:
@@ -238,7 +238,7 @@ def run_pairs_ray(
 ) -> list[PairPrediction]:
     """Network predictions + matches for the pairs of a scene graph, computed by Ray workers.
 
-    Same arguments and result as :func:`~sparsega.inference.run_pairs` (bit-identical predictions for the same
+    Same arguments and result as :func:`~sparsega.frontend.inference.run_pairs` (bit-identical predictions for the same
     ``batch_size``), plus:
 
     Args:

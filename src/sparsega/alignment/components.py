@@ -1,6 +1,6 @@
 """Disconnected views: split the match graph into components and align each one as its own :class:`Scene`.
 
-:func:`sparsega.alignment.align` needs one connected graph (it raises :class:`~sparsega.errors.GraphError` listing
+:func:`sparsega.alignment.api.align` needs one connected graph (it raises :class:`~sparsega.errors.GraphError` listing
 the groups otherwise). When photos come from several places, :func:`align_components` reconstructs every group of
 at least two views separately (largest first) and reports the images that link to nothing as unregistered, or,
 on request, reconstructs each of them alone from a self-pair (as the reference's single-image demo does).
@@ -8,7 +8,7 @@ on request, reconstructs each of them alone from a self-pair (as the reference's
 What "linked" means (the graph the split is computed on):
 
 - ``link="matches"`` (default): a pair links its two images when it carries at least one usable match (finite
-  confidence > 0). A pair with zero usable matches does not link, even though :func:`~sparsega.alignment.align`
+  confidence > 0). A pair with zero usable matches does not link, even though :func:`~sparsega.alignment.api.align`
   would still use it as weak (fallback-only) evidence inside one graph: with no match at all there is nothing that
   ties the two cameras but the network's guess of an unseen view.
 - ``link="trusted"``: stricter; a pair links only when its best match confidence exceeds
@@ -27,10 +27,10 @@ from typing import Any, Literal, NamedTuple, Sequence
 
 import numpy as np
 
-from .errors import ConfigError, InputError
+from ..errors import ConfigError, InputError
 from .kinematic import connected_components
-from .scene import Scene
-from .types import AlignConfig, PairPrediction
+from ..scene import Scene
+from ..types import AlignConfig, PairPrediction
 
 log = logging.getLogger(__name__)
 
@@ -139,7 +139,7 @@ def align_components(predictions: Sequence[PairPrediction], config: AlignConfig 
     """Align each connected component of the match graph as its own :class:`Scene`.
 
     Args:
-        predictions, config, images, image_paths, n_images, overrides: as :func:`sparsega.alignment.align`
+        predictions, config, images, image_paths, n_images, overrides: as :func:`sparsega.alignment.api.align`
             (``images`` / ``image_paths`` indexed by ORIGINAL image index).
         link: which pairs link two images (module docstring).
         isolated: ``"unregistered"`` (default) lists images linked to nothing in ``unregistered``;
@@ -150,7 +150,7 @@ def align_components(predictions: Sequence[PairPrediction], config: AlignConfig 
         :class:`ComponentResult` ``(scenes, unregistered)``; ``scene.info["component_images"]`` lists the original
         indices of the scene's views (scene view k = original image ``component_images[k]``).
     """
-    from .alignment import align
+    from .api import align
 
     if isolated not in ISOLATED_MODES:
         raise ConfigError(f"isolated={isolated!r}: must be one of {', '.join(ISOLATED_MODES)}")

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..errors import InputError
+from ...errors import InputError
 from .decoder import DecoderBlock
 from .encoder import Block, LayerNorm, PatchEmbed
 from .heads import CatMLPDPTHead, DPTHead, HeadModes, LinearHead

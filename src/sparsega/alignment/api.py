@@ -7,7 +7,7 @@ Steps (each a pure function of the previous one's output, except the optimiser):
    is kept at anchor resolution (anchor depths, match offsets, fallback targets) plus the (H, W) depth ratio map for
    the final dense depth;
 3. kinematic tree over the match-count graph;
-4. the two optimisation stages (:mod:`sparsega.optimize`);
+4. the two optimisation stages (:mod:`sparsega.alignment.optimizer`);
 5. dense depth maps from the anchors, point clouds, cleaned confidences.
 """
 
@@ -22,11 +22,12 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 import torch
 
-from . import canonical, kinematic
-from .errors import GraphError, InputError
-from .optimize import AlignProblem, OptimState, optimize
-from .scene import Scene, clean_confidences
-from .types import AlignConfig, PairPrediction
+from . import canonical
+from . import kinematic
+from ..errors import GraphError, InputError
+from .optimizer import AlignProblem, OptimState, optimize
+from ..scene import Scene, clean_confidences
+from ..types import AlignConfig, PairPrediction
 
 log = logging.getLogger(__name__)
 
@@ -440,7 +441,7 @@ def align(predictions: Sequence[PairPrediction], config: AlignConfig | None = No
         images: optional (H, W, 3) uint8 colours per image (grey otherwise).
         image_paths: optional names per image (``view_000`` ... otherwise).
         n_images: number of images, if more than referenced (an image in no pair is an error).
-        known_intrinsics, known_poses: see :mod:`sparsega.known` (DESIGN "Known cameras").
+        known_intrinsics, known_poses: see :mod:`sparsega.alignment.known` (DESIGN "Known cameras").
     """
     cfg = (config or AlignConfig()).replace(**overrides) if overrides else (config or AlignConfig())
     with _torch_threads(1):

@@ -36,8 +36,8 @@ from tqdm.auto import tqdm
 
 from . import _kernels
 from ._kernels import PIX_MAX, PIX_MIN, SQ_MIN, Z_MIN, MatchLayout, build_layout, gamma_offset, kernel_match_loss
-from .errors import ConfigError
-from .types import AlignConfig
+from ..errors import ConfigError
+from ..types import AlignConfig
 
 log = logging.getLogger(__name__)
 
@@ -345,7 +345,7 @@ class SparseAligner:
             self.log_sizes.copy_(problem.init_log_sizes)
             self.set_absolute_poses(problem.init_R, problem.init_C * (1 / self.log_sizes.exp().min()))
 
-        # known cameras (see sparsega.known): intrinsics gradient mask (1 = free), fixed poses, pose priors
+        # known cameras (see sparsega.alignment.known): intrinsics gradient mask (1 = free), fixed poses, pose priors
         self.intr_grad_mask: Tensor | None = None
         self.fixed_mask: Tensor | None = None
         self.fixed_R: Tensor | None = None

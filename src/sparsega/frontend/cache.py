@@ -32,8 +32,8 @@ from typing import Any
 
 import numpy as np
 
-from .errors import CacheError
-from .types import PairPrediction
+from ..errors import CacheError
+from ..types import PairPrediction
 
 logger = logging.getLogger(__name__)
 

@@ -3,7 +3,7 @@
 The reference optimiser only knows poses relative to a parent in the kinematic tree and never inverts that
 chain (it stops with "inverse kinematic chain not yet implemented"). This module does.
 
-Notation (see :mod:`sparsega.optimize`): the optimiser's camera ``i`` has rotation ``R_i`` and "chain translation"
+Notation (see :mod:`sparsega.alignment.optimizer`): the optimiser's camera ``i`` has rotation ``R_i`` and "chain translation"
 ``T_i`` obtained by composing relative poses down the tree, per-image scale ``a_i = exp(s_i)``, global guard
 ``g = 1 / min_k a_k``, and a focal-plane offset ``o_i = z_i [(W_i, H_i) / f_i * (0.5 - pp_i), 1]`` with
 ``z_i = a_i m_i f_i / f0_i``. Its camera-to-world pose is ``(R_i, g (T_i - R_i o_i))``.
@@ -39,9 +39,9 @@ import numpy as np
 import roma
 import torch
 
-from .errors import InputError
-from .optimize import AlignProblem, SparseAligner
-from .types import AlignConfig
+from ..errors import InputError
+from .optimizer import AlignProblem, SparseAligner
+from ..types import AlignConfig
 
 log = logging.getLogger(__name__)
 

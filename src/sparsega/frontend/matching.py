@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from scipy.spatial import cKDTree
 
-from .errors import InputError
+from ..errors import InputError
 
 logger = logging.getLogger(__name__)
 

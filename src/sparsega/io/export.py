@@ -33,8 +33,8 @@ from typing import Any
 
 import numpy as np
 
-from .errors import ConfigError, InputError
-from .scene import Scene
+from ..errors import ConfigError, InputError
+from ..scene import Scene
 
 log = logging.getLogger(__name__)
 
@@ -116,7 +116,7 @@ def original_sizes(scene: Scene) -> np.ndarray:
 
     Taken from ``scene.info["original_sizes"]`` when present, else from the image file header when the path
     exists, else estimated from ``net_to_orig`` assuming the network image is a CENTRED crop of the resized image
-    (what :mod:`sparsega.images` does; exact for identity maps, otherwise within one resized pixel).
+    (what :mod:`sparsega.frontend.images` does; exact for identity maps, otherwise within one resized pixel).
     """
     n = scene.n_images
     given = scene.info.get("original_sizes") if isinstance(scene.info, dict) else None

@@ -20,7 +20,7 @@ from collections.abc import Sequence
 
 import torch
 
-from .errors import ConfigError, InputError
+from ..errors import ConfigError, InputError
 
 __all__ = [
     "CANONICAL_MODES",

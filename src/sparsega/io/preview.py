@@ -18,7 +18,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from .export import DEFAULT_MIN_CONF, _camera_colors, colorize_depth, frustum_points
-from .scene import Scene
+from ..scene import Scene
 
 log = logging.getLogger(__name__)
 

@@ -27,8 +27,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .errors import ConfigError, InputError
-from .types import PairPrediction
+from ..errors import ConfigError, InputError
+from ..types import PairPrediction
 
 log = logging.getLogger(__name__)
 

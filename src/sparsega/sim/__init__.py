@@ -1,0 +1,1 @@
+"""Synthetic scenes with exact ground truth and a MASt3R prediction simulator (no weights needed)."""
