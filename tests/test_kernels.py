@@ -1,5 +1,5 @@
-"""The compiled kernels (sparsega.alignment._kernels) against their autograd twins in sparsega.alignment.optimizer: loss values and
-gradients (table, anchor depths, and through SparseAligner the optimised parameters), the camera model, edge cases,
+"""The compiled kernels (sparsega.alignment.kernels) against their autograd twins (sparsega.alignment.losses and
+SparseAligner.cameras): loss values and gradients (table, anchor depths, and through SparseAligner the optimised parameters), the camera model, edge cases,
 and a full alignment."""
 
 from __future__ import annotations
@@ -14,17 +14,19 @@ import torch
 from sparsega import AlignConfig, align
 
 from sparsega.sim import synthetic
-from sparsega.alignment import _kernels
-from sparsega.alignment._kernels import build_layout, kernel_match_loss
-from sparsega.alignment.api import build_problem
+from sparsega.alignment.compiled import fallback_blocks
+from sparsega.alignment.kernels import fallback
+from sparsega.alignment.kernels.common import KERNEL_GAMMAS
+from sparsega.alignment.kernels.layout import build_layout, kernel_match_loss
+from sparsega.alignment.losses import camera_rows, distance, gamma_of_distance, to_pixels, to_world
+from sparsega.alignment.optimizer import SparseAligner, resolve_backend
+from sparsega.alignment.problem import AlignProblem, build_problem
 from sparsega.errors import ConfigError
-from sparsega.alignment.optimizer import AlignProblem, SparseAligner, distance, gamma_of_distance, resolve_backend
 from sparsega.frontend.pairs import make_pairs, unique_pairs
 
 TOL = {torch.float64: 1e-10, torch.float32: 1e-4}
-needs_numba = pytest.mark.skipif(not _kernels.available(), reason="numba not installed")
 IMPLS = {"kernel": kernel_match_loss}
-IMPL_PARAMS = [pytest.param("kernel", marks=needs_numba)]
+IMPL_PARAMS = ["kernel"]
 
 
 def _random_case(dtype: torch.dtype, seed: int = 0, n: int = 5, k: int = 700, n_anchor: int = 90):
@@ -68,11 +70,11 @@ def _random_case(dtype: torch.dtype, seed: int = 0, n: int = 5, k: int = 700, n_
 
 
 def _naive_loss(table, depth, img, xy, anchor, off, conf, stage: int, gamma: float) -> torch.Tensor:
-    """The autograd path of SparseAligner (match_points + loss_3d_naive / loss_2d_naive) on raw match arrays."""
+    """The autograd path of SparseAligner (TwinLosses' formulas) on raw match arrays."""
     k = conf.shape[0]
-    r = SparseAligner._gather(table, img.reshape(-1))
+    r = camera_rows(table, img.reshape(-1))
     d = depth[anchor.reshape(-1)] * (1 + (off.reshape(-1) - 1) * r[15])
-    pts = SparseAligner._to_world(r, xy[..., 0].reshape(-1), xy[..., 1].reshape(-1), d)
+    pts = to_world(r, xy[..., 0].reshape(-1), xy[..., 1].reshape(-1), d)
     loss = gamma_of_distance(gamma)
     if stage == 1:
         dist = distance(tuple(c[:k] for c in pts), tuple(c[k:] for c in pts))
@@ -80,7 +82,7 @@ def _naive_loss(table, depth, img, xy, anchor, off, conf, stage: int, gamma: flo
     x, y = xy[..., 0].reshape(-1), xy[..., 1].reshape(-1)
     total = 0
     for s_self, s_other in ((slice(0, k), slice(k, None)), (slice(k, None), slice(0, k))):
-        u, v = SparseAligner._to_pixels(tuple(c[s_self] for c in r), *(c[s_other] for c in pts))
+        u, v = to_pixels(tuple(c[s_self] for c in r), *(c[s_other] for c in pts))
         total = total + (conf * loss(distance((x[s_self], y[s_self]), (u, v)))).sum()
     return total / (2 * conf.sum())
 
@@ -117,7 +119,7 @@ def _close(a: torch.Tensor, b: torch.Tensor, tol: float) -> None:
 @pytest.mark.parametrize("gamma", [1.5, 0.5, 1.0, 2.0, 1.1])
 @pytest.mark.parametrize("stage", [1, 2])
 def test_fast_loss_and_gradients_match_autograd(dtype, stage, gamma, impl):
-    if impl == "kernel" and gamma not in _kernels.KERNEL_GAMMAS:
+    if impl == "kernel" and gamma not in KERNEL_GAMMAS:
         pytest.skip("gamma without a compiled form (see test_kernel_rejects_other_gammas_and_auto_falls_back)")
     table, depth, img, xy, anchor, off, conf = _random_case(dtype, seed=stage)
     lay = build_layout(img, xy, anchor, off, conf, chunk=32)
@@ -134,20 +136,19 @@ def test_edge_cases_are_exercised():
     """The random case really contains clamped depths, clamped pixels and exact zero distances."""
     table, depth, img, xy, anchor, off, conf = _random_case(torch.float64, seed=2)
     k = conf.shape[0]
-    r = SparseAligner._gather(table, img.reshape(-1))
+    r = camera_rows(table, img.reshape(-1))
     d = depth[anchor.reshape(-1)] * (1 + (off.reshape(-1) - 1) * r[15])
-    pts = SparseAligner._to_world(r, xy[..., 0].reshape(-1), xy[..., 1].reshape(-1), d)
+    pts = to_world(r, xy[..., 0].reshape(-1), xy[..., 1].reshape(-1), d)
     wx, wy, wz = (c[k:] for c in pts)
     cam = tuple(c[:k] for c in r)
     z = cam[2] * (wx - cam[9]) + cam[5] * (wy - cam[10]) + cam[8] * (wz - cam[11])
     assert int((z < 1e-3).sum()) > 20
-    u, v = SparseAligner._to_pixels(cam, wx, wy, wz)
+    u, v = to_pixels(cam, wx, wy, wz)
     assert int(((u == -1000) | (u == 2000) | (v == -1000) | (v == 2000)).sum()) > 20
     assert int((distance((xy[0, :, 0], xy[0, :, 1]), (u, v)) <= 1e-15).sum()) == 4
     assert int((distance(tuple(c[:k] for c in pts), tuple(c[k:] for c in pts)) <= 1e-15).sum()) == 4
 
 
-@needs_numba
 @pytest.mark.parametrize("chunk", [None, 32, 512])
 def test_layout_chunk_size_does_not_change_the_loss(chunk):
     table, depth, img, xy, anchor, off, conf = _random_case(torch.float64, seed=3)
@@ -245,7 +246,6 @@ def test_full_alignment_fast_matches_naive(dt, max_deg, impl):
     assert float(np.linalg.norm(a[:, :3, 3] - b[:, :3, 3], axis=1).max()) < t_tol * spread
 
 
-@needs_numba
 def test_kernel_rejects_other_gammas_and_auto_falls_back():
     table, depth, img, xy, anchor, off, conf = _random_case(torch.float64, seed=5)
     lay = build_layout(img, xy, anchor, off, conf)
@@ -259,7 +259,6 @@ def test_kernel_rejects_other_gammas_and_auto_falls_back():
         AlignConfig(loss_backend="kernel", device="cuda")
 
 
-@needs_numba
 def test_kernel_propagates_non_finite_inputs():
     """No fast-math "no NaN" assumptions: a NaN depth reaches the loss, so the optimiser's guard sees it."""
     table, depth, img, xy, anchor, off, conf = _random_case(torch.float64, seed=6)
@@ -270,7 +269,6 @@ def test_kernel_propagates_non_finite_inputs():
         assert not torch.isfinite(kernel_match_loss(table, depth, lay, stage, 1.5))
 
 
-@needs_numba
 @pytest.mark.parametrize("shared", [False, True])
 @pytest.mark.parametrize("case", ["random", "ties_and_clamps"])
 def test_compiled_camera_model_matches_torch(dtype, shared, case):
@@ -313,7 +311,6 @@ def test_compiled_camera_model_matches_torch(dtype, shared, case):
         assert float(out["autograd"][2]["log_focals"][-1]) == 0  # the clamp really stops that focal's gradient
 
 
-@needs_numba
 def test_known_poses_use_the_torch_camera_model():
     al = SparseAligner(_problem(torch.float64), AlignConfig())
     assert al.table_and_depths()[2] is None  # compiled camera model: no cam2w
@@ -323,15 +320,6 @@ def test_known_poses_use_the_torch_camera_model():
     assert al.table_and_depths()[2] is not None
 
 
-def test_without_numba_auto_uses_the_torch_path(monkeypatch):
-    monkeypatch.setattr(_kernels, "_HAVE_NUMBA", False)
-    assert resolve_backend(AlignConfig()) == "autograd"
-    with pytest.raises(ConfigError, match="needs numba"):
-        resolve_backend(AlignConfig(loss_backend="kernel"))
-    assert resolve_backend(AlignConfig(device="cuda")) == "autograd"
-
-
-@needs_numba
 def test_kernel_is_safe_from_several_threads_and_thread_count_invariant():
     """Two alignments at once from Python threads (the parallel kernel is serialised, never re-entered), and the
     same cameras as a sequential run with one numba thread: the per-chunk results are reduced in chunk order."""
@@ -361,11 +349,10 @@ def test_kernel_is_safe_from_several_threads_and_thread_count_invariant():
 
 
 # ------------------------------------------------------------------------------------------ fallback kernel, Adam
-@needs_numba
 @pytest.mark.parametrize("gamma", [1.1, 1.0])
 def test_fallback_kernel_matches_autograd(gamma):
     """The DUSt3R-fallback kernel (loss and gradients w.r.t. the camera table and the anchor depths) against
-    SparseAligner.loss_fallback under autograd, on a problem whose every pair falls back."""
+    TwinLosses.loss_fallback under autograd, on a problem whose every pair falls back."""
     _, preds = _orbit_preds()
     problem, _, _ = build_problem(preds, AlignConfig(matching_conf_thr=1e9), None)
     problem = AlignProblem(**{k: (v.double() if isinstance(v, torch.Tensor) and v.is_floating_point() else v)
@@ -380,20 +367,19 @@ def test_fallback_kernel_matches_autograd(gamma):
     focals, pps, cam2w, depth, _ = al.cameras()
     table = al.camera_table(focals, pps, cam2w).detach().requires_grad_(True)
     depth = depth.detach().requires_grad_(True)
-    ref = al.loss_fallback(table, depth, gamma_of_distance(gamma))
+    ref = al.twin.loss_fallback(table, depth, gamma)
     ref.backward()
     tab = table.detach().T.contiguous().numpy()
     g_tab, g_ad = np.zeros_like(tab), np.zeros(depth.shape[0])
     off = (1 / gamma) ** (1 / (gamma - 1)) if gamma != 1 else 0.0
-    blocks = al._fallback_blocks()
+    blocks = fallback_blocks(problem)
     scale = 1 / float(problem.fb_conf.sum())
-    total = _kernels._fallback_jit(tab, depth.detach().numpy(), *blocks, gamma, off, scale, g_tab, g_ad)
+    total = fallback.fallback_jit(tab, depth.detach().numpy(), *blocks, gamma, off, scale, g_tab, g_ad)
     assert total * scale == pytest.approx(float(ref.detach()), rel=1e-10)
     _close(torch.from_numpy(g_tab).T, table.grad, 1e-9)
     _close(torch.from_numpy(g_ad), depth.grad, 1e-9)
 
 
-@needs_numba
 def test_adam_kernel_matches_torch_adam():
     g = torch.Generator().manual_seed(0)
     p = torch.randn(50, generator=g, dtype=torch.float64)
@@ -407,5 +393,5 @@ def test_adam_kernel_matches_torch_adam():
             group["lr"] = lr
         ref.grad = grad.clone()
         opt.step()
-        _kernels._adam_jit(mine, grad.numpy(), m, v, it + 1, lr, 0.9, 0.9, 1e-8)
+        fallback.adam_jit(mine, grad.numpy(), m, v, it + 1, lr, 0.9, 0.9, 1e-8)
     np.testing.assert_allclose(mine, ref.detach().numpy(), rtol=1e-12, atol=1e-14)

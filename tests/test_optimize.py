@@ -8,8 +8,9 @@ import roma
 import torch
 
 from conftest import load_golden
-from sparsega.alignment.optimizer import (backproject, compose_chain, cosine_schedule, gamma_loss, gamma_offset,
-                               linear_schedule, project, tree_levels)
+from sparsega.alignment.kernels.common import gamma_offset
+from sparsega.alignment.losses import (backproject, compose_chain, cosine_schedule, gamma_loss, linear_schedule, project,
+                                       tree_levels)
 
 G = load_golden("blocks/losses_schedules.npz")
 
@@ -87,7 +88,7 @@ def test_stage1_peak_lr_depends_on_the_start(pose_init):
     the chained Procrustes poses, the reference's lr1 from identity."""
     from sparsega import AlignConfig
     from sparsega.sim import synthetic
-    from sparsega.alignment.api import build_problem
+    from sparsega.alignment.problem import build_problem
     from sparsega.alignment.optimizer import SparseAligner
     from sparsega.frontend.pairs import make_pairs, unique_pairs
 

@@ -22,7 +22,7 @@ from PIL import Image
 
 from sparsega import cli
 
-from sparsega.alignment import _kernels
+from sparsega.alignment.kernels import match as match_kernel
 
 from sparsega.sim import synthetic
 from sparsega.alignment.api import align
@@ -289,7 +289,7 @@ def test_zero_match_pair_falls_back(orbit):
 def _nan_loss_at(monkeypatch, stage: int, call: int) -> dict:
     """Make the compiled match loss of ``stage`` return NaN from its ``call``-th evaluation on; record the cameras
     (from the camera table it is given) at each evaluation."""
-    orig = _kernels._loss_and_grad_jit
+    orig = match_kernel.loss_and_grad_jit
     seen: dict = {"n": 0, "cams": []}
 
     def patched(tab, ad, img, xs, ys, offm1, anc, conf, st, *rest):
@@ -304,7 +304,7 @@ def _nan_loss_at(monkeypatch, stage: int, call: int) -> dict:
         seen["cams"].append((cam2w, tab[:, 12].copy()))
         return out * float("nan") if seen["n"] >= call else out
 
-    monkeypatch.setattr(_kernels, "_loss_and_grad_jit", patched)
+    monkeypatch.setattr(match_kernel, "loss_and_grad_jit", patched)
     return seen
 
 

@@ -40,7 +40,8 @@ import roma
 import torch
 
 from ..errors import InputError
-from .optimizer import AlignProblem, SparseAligner
+from .optimizer import SparseAligner
+from .problem import AlignProblem
 from ..types import AlignConfig
 
 log = logging.getLogger(__name__)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from sparsega.scene import clean_confidences, clean_confidences_numpy
+from sparsega.alignment.clean import clean_confidences, clean_confidences_numpy
 
 
 def _two_views(h: int = 384, w: int = 512, seed: int = 0):

@@ -1,0 +1,146 @@
+"""Compiled DUSt3R-fallback regression loss with its gradients, and the Adam step (numba)."""
+
+from __future__ import annotations
+
+import math
+
+import numba
+import numpy as np
+
+from .common import FASTMATH, SQ_MIN
+
+
+def _fallback_loss_and_grad(tab: np.ndarray, ad: np.ndarray, blocks: np.ndarray, b_img: np.ndarray,
+                            b_ref: np.ndarray, xs: np.ndarray, ys: np.ndarray, anc: np.ndarray, tgt: np.ndarray,
+                            conf: np.ndarray, gamma: float, off: float, scale: float, g_tab: np.ndarray,
+                            g_ad: np.ndarray) -> float:
+    """DUSt3R-fallback regression: sum over targets of ``conf * ((r + off)^gamma - off^gamma)``, ``r`` the distance
+    between an anchor's world point (its image's camera, pixel ``(x, y)``, depth ``ad[anc]``) and the target
+    point ``tgt (F, 3)`` given in the frame of the other image's camera. Gradients w.r.t. ``tab (N, 17)`` and
+    ``ad (A,)``, times ``scale``, are ADDED to ``g_tab`` and ``g_ad``; the returned sum is unscaled.
+
+    Targets come in blocks ``blocks[k]:blocks[k+1]`` of constant (image ``b_img[k]``, reference ``b_ref[k]``): the
+    two cameras' gradients are accumulated in scalars per block, as the match kernel does per chunk, and the anchor
+    gradients are buffered and scattered after each block's loop (so that the loop vectorises)."""
+    total = 0.0
+    g_off = off**gamma if gamma != 1.0 else 0.0
+    nt = anc.shape[0]
+    adg = np.empty(nt)
+    gbuf = np.empty(nt)
+    for n in range(nt):
+        adg[n] = ad[anc[n]]
+    for k in range(b_img.shape[0]):
+        i = b_img[k]
+        j = b_ref[k]
+        f, px, py = tab[i, 12], tab[i, 13], tab[i, 14]
+        inv_f = 1.0 / f
+        ri0, ri1, ri2, ri3, ri4, ri5, ri6, ri7, ri8 = (tab[i, 0], tab[i, 1], tab[i, 2], tab[i, 3], tab[i, 4],
+                                                       tab[i, 5], tab[i, 6], tab[i, 7], tab[i, 8])
+        rj0, rj1, rj2, rj3, rj4, rj5, rj6, rj7, rj8 = (tab[j, 0], tab[j, 1], tab[j, 2], tab[j, 3], tab[j, 4],
+                                                       tab[j, 5], tab[j, 6], tab[j, 7], tab[j, 8])
+        dt0, dt1, dt2 = tab[i, 9] - tab[j, 9], tab[i, 10] - tab[j, 10], tab[i, 11] - tab[j, 11]
+        a00 = a01 = a02 = a10 = a11 = a12 = a20 = a21 = a22 = 0.0  # sum g pc^T (camera i)
+        b00 = b01 = b02 = b10 = b11 = b12 = b20 = b21 = b22 = 0.0  # sum g q^T (camera j, minus sign)
+        s0 = s1 = s2 = 0.0
+        gf = gpx = gpy = 0.0
+        acc = 0.0
+        for n in range(blocks[k], blocks[k + 1]):
+            d = adg[n]
+            u = (xs[n] - px) * inv_f
+            v = (ys[n] - py) * inv_f
+            p0 = u * d
+            p1 = v * d
+            q0, q1, q2 = tgt[n, 0], tgt[n, 1], tgt[n, 2]
+            e0 = ri0 * p0 + ri1 * p1 + ri2 * d - (rj0 * q0 + rj1 * q1 + rj2 * q2) + dt0
+            e1 = ri3 * p0 + ri4 * p1 + ri5 * d - (rj3 * q0 + rj4 * q1 + rj5 * q2) + dt1
+            e2 = ri6 * p0 + ri7 * p1 + ri8 * d - (rj6 * q0 + rj7 * q1 + rj8 * q2) + dt2
+            sq = e0 * e0 + e1 * e1 + e2 * e2
+            live = not (sq < SQ_MIN)
+            r = math.sqrt(sq if live else SQ_MIN)
+            cf = conf[n]
+            t = r + off
+            tg = math.exp(gamma * math.log(t)) if gamma != 1.0 else r
+            acc += cf * (tg - g_off)
+            slope = (gamma * tg / (t * r)) if gamma != 1.0 else 1.0 / r
+            w = scale * cf * slope if live else 0.0
+            g0 = w * e0
+            g1 = w * e1
+            g2 = w * e2
+            a00 += g0 * p0
+            a01 += g0 * p1
+            a02 += g0 * d
+            a10 += g1 * p0
+            a11 += g1 * p1
+            a12 += g1 * d
+            a20 += g2 * p0
+            a21 += g2 * p1
+            a22 += g2 * d
+            b00 += g0 * q0
+            b01 += g0 * q1
+            b02 += g0 * q2
+            b10 += g1 * q0
+            b11 += g1 * q1
+            b12 += g1 * q2
+            b20 += g2 * q0
+            b21 += g2 * q1
+            b22 += g2 * q2
+            s0 += g0
+            s1 += g1
+            s2 += g2
+            # camera-frame gradient c = R_i^T g, then pc = d (u, v, 1) with u = (x - ppx) / f
+            c0 = ri0 * g0 + ri3 * g1 + ri6 * g2
+            c1 = ri1 * g0 + ri4 * g1 + ri7 * g2
+            c2 = ri2 * g0 + ri5 * g1 + ri8 * g2
+            gbuf[n] = c0 * u + c1 * v + c2
+            gf -= (c0 * p0 + c1 * p1) * inv_f
+            gpx -= c0 * d * inv_f
+            gpy -= c1 * d * inv_f
+        total += acc
+        gi = g_tab[i]
+        gj = g_tab[j]
+        gi[0] += a00
+        gi[1] += a01
+        gi[2] += a02
+        gi[3] += a10
+        gi[4] += a11
+        gi[5] += a12
+        gi[6] += a20
+        gi[7] += a21
+        gi[8] += a22
+        gj[0] -= b00
+        gj[1] -= b01
+        gj[2] -= b02
+        gj[3] -= b10
+        gj[4] -= b11
+        gj[5] -= b12
+        gj[6] -= b20
+        gj[7] -= b21
+        gj[8] -= b22
+        gi[9] += s0
+        gi[10] += s1
+        gi[11] += s2
+        gj[9] -= s0
+        gj[10] -= s1
+        gj[11] -= s2
+        gi[12] += gf
+        gi[13] += gpx
+        gi[14] += gpy
+    for n in range(nt):
+        g_ad[anc[n]] += gbuf[n]
+    return total
+
+
+def _adam(p: np.ndarray, g: np.ndarray, m: np.ndarray, v: np.ndarray, step: int, lr: float, beta1: float,
+          beta2: float, eps: float) -> None:
+    """One Adam step in place on flat float64 arrays, torch's formula (no weight decay, no amsgrad)."""
+    bc1 = 1.0 - beta1**step
+    bc2 = math.sqrt(1.0 - beta2**step)
+    for k in range(p.shape[0]):
+        m[k] = beta1 * m[k] + (1.0 - beta1) * g[k]
+        v[k] = beta2 * v[k] + (1.0 - beta2) * g[k] * g[k]
+        p[k] -= (lr / bc1) * m[k] / (math.sqrt(v[k]) / bc2 + eps)
+
+
+
+fallback_jit = numba.njit(cache=True, fastmath=FASTMATH, error_model="numpy")(_fallback_loss_and_grad)
+adam_jit = numba.njit(cache=True, error_model="numpy")(_adam)

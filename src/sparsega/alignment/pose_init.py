@@ -1,0 +1,103 @@
+"""Stage-1 start (``pose_init="procrustes"``): pairwise relative poses from each pair's own pointmaps by weighted
+Procrustes, chained along the kinematic tree into absolute poses and sizes. The reference starts from identity
+(``pose_init="identity"``)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from ..types import PairPrediction
+
+if TYPE_CHECKING:
+    from .problem import CanonicalData, _Pairs
+
+
+def weighted_umeyama(src: np.ndarray, dst: np.ndarray, w: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
+    """Weighted similarity ``dst ~ s R src + t`` (float64). ``src, dst (P, 3)``, ``w (P,)`` >= 0."""
+    w = w / w.sum()
+    ms, md = w @ src, w @ dst
+    xs, xd = src - ms, dst - md
+    cov = (xd * w[:, None]).T @ xs
+    U, S, Vt = np.linalg.svd(cov)
+    D = np.eye(3)
+    D[2, 2] = np.sign(np.linalg.det(U @ Vt)) or 1.0
+    R = U @ D @ Vt
+    var = (w * (xs**2).sum(1)).sum()
+    scale = float((S * np.diag(D)).sum() / var) if var > 0 else 1.0
+    return scale, R, md - scale * R @ ms
+
+
+def _relative_pose(p: PairPrediction, core_a: np.ndarray, core_b: np.ndarray, subsample: int, step: int
+                   ) -> tuple[np.ndarray, np.ndarray, float]:
+    """Camera j of pair ``p`` in camera i's frame, in i's canonical units: ``(R, centre, size ratio)``.
+
+    A confidence-weighted Procrustes ``pts21 ~ s R pts22 + t`` places j in i's pair frame; the ratios ``sigma``
+    between canonical and pair depths convert to canonical units (centre ``sigma_i t``, size ratio
+    ``sigma_i s / sigma_j``). Degenerate input gives the identity.
+    """
+    sl = slice(subsample // 2, None, subsample)
+    sig_a = float(np.median(core_a / np.maximum(np.asarray(p.pts11)[sl, sl, 2].reshape(-1), 1e-12)))
+    sig_b = float(np.median(core_b / np.maximum(np.asarray(p.pts22)[sl, sl, 2].reshape(-1), 1e-12)))
+    src = np.asarray(p.pts22, np.float64)[::step, ::step].reshape(-1, 3)
+    dst = np.asarray(p.pts21, np.float64)[::step, ::step].reshape(-1, 3)
+    w = (np.asarray(p.conf22, np.float64)[::step, ::step] * np.asarray(p.conf21, np.float64)[::step, ::step]
+         ).reshape(-1) - 1 + 1e-6
+    ok = np.isfinite(src).all(1) & np.isfinite(dst).all(1) & np.isfinite(w)
+    if ok.sum() < 3:
+        return np.eye(3), np.zeros(3), 1.0
+    s_ab, R_ab, t_ab = weighted_umeyama(src[ok], dst[ok], w[ok])
+    ratio = sig_a * s_ab / sig_b
+    if not (np.isfinite(ratio) and ratio > 0 and np.isfinite(t_ab).all()):
+        return np.eye(3), np.zeros(3), 1.0
+    return R_ab, sig_a * t_ab, ratio
+
+
+def chain_pairwise_poses(preds: "_Pairs", n: int, root: int, edges: np.ndarray,
+                         cdata: list[CanonicalData], subsample: int, step: int = 4
+                         ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Initial absolute poses and sizes by chaining pairwise relative poses (:func:`_relative_pose`) along the
+    kinematic tree. A tree edge without a predicted pair (hclust trees link cluster representatives) is
+    composed along the shortest path of predicted pairs. Returns ``R (N,3,3)``, centres ``C (N,3)`` (root at the
+    origin, root size 1) and ``log_sizes (N,)``.
+    """
+    from scipy.sparse import csr_matrix
+    from scipy.sparse.csgraph import breadth_first_order
+
+    by_pair = {(m.i, m.j): k for k, m in enumerate(preds.meta) if m.i != m.j}
+    cache: dict[tuple[int, int], tuple[np.ndarray, np.ndarray, float]] = {}
+
+    def rel(a: int, b: int) -> tuple[np.ndarray, np.ndarray, float]:
+        if (a, b) not in cache:
+            p = preds[by_pair[a, b]] if (a, b) in by_pair else preds[by_pair[b, a]].swapped()
+            cache[a, b] = _relative_pose(p, cdata[a].core_depth, cdata[b].core_depth, subsample, step)
+        return cache[a, b]
+
+    ij = np.array(list(by_pair), dtype=np.int64).reshape(-1, 2)
+    graph = csr_matrix((np.ones(len(ij)), (ij[:, 0], ij[:, 1])), shape=(n, n))
+    R = np.tile(np.eye(3), (n, 1, 1))
+    C = np.zeros((n, 3))
+    size = np.ones(n)
+    for a, b in edges:
+        a, b = int(a), int(b)
+        if (a, b) in by_pair or (b, a) in by_pair:
+            path = [a, b]
+        else:
+            _, pred = breadth_first_order(graph, a, directed=False)
+            path = [b]
+            while path[-1] != a and pred[path[-1]] >= 0:
+                path.append(int(pred[path[-1]]))
+            path = path[::-1] if path[-1] == a else [a, b]
+        Rc, Cc, sc = R[a], C[a], size[a]
+        for u, v in zip(path[:-1], path[1:]):
+            if (u, v) in by_pair or (v, u) in by_pair:
+                R_uv, c_uv, r_uv = rel(u, v)
+            else:
+                R_uv, c_uv, r_uv = np.eye(3), np.zeros(3), 1.0
+            Cc = Cc + Rc @ (sc * c_uv)
+            Rc = Rc @ R_uv
+            sc = sc * r_uv
+        R[b], C[b], size[b] = Rc, Cc, sc
+    return R, C, np.log(size)
+

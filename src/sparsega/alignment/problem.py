@@ -1,0 +1,393 @@
+"""Pipeline steps 3-5 as data: pair predictions -> the flat, vectorised :class:`AlignProblem` the optimiser reads.
+
+Per image, the canonical view fuses its pointmaps (:mod:`.canonical`) and only anchor-resolution data is kept
+(anchor depths, match offsets, fallback targets) plus the (H, W) depth-ratio map for the final dense depth; the
+kinematic tree (:mod:`.kinematic`) is built over the match-count graph. Also the optimiser's result types.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from ..errors import GraphError, InputError
+from ..types import AlignConfig, PairPrediction
+from . import canonical, kinematic
+from .pose_init import chain_pairwise_poses
+
+log = logging.getLogger(__name__)
+
+Tensor = torch.Tensor
+
+ZERO_MATCH_SCORE = 0.5
+
+
+
+@dataclass
+class AlignProblem:
+    """Flat, vectorised description of an alignment problem (all torch tensors on the target device).
+
+    N images, A anchors in total, M matches (each with two sides), F fallback targets.
+
+    Attributes:
+        imsizes: (N, 2) (W, H) of each image.
+        base_focals: (N,) initial focals f0 from the canonical views (pixels).
+        pps: (N, 2) initial principal points (pixels).
+        median_depths: (N,) median canonical anchor depth of each image.
+        core_depth: (A,) canonical anchor depths divided by their image's median depth.
+        anchor_img: (A,) image of each anchor.  anchor_xy: (A, 2) anchor pixel (x, y).
+        m_img: (2, M) images of both sides of each match.  m_xy: (2, M, 2) pixels.  m_anchor: (2, M) global anchor
+            index.  m_off: (2, M) canonical depth ratio to the anchor.  m_conf: (M,) confidence.
+            m_ok: (M,) True where the pair's matching is trusted (max confidence > threshold); trusted matches
+            come first (the losses use the leading slice).
+        fb_anchor: (F,) anchors regressed by the fallback.  fb_ref: (F,) image whose camera frame the target is in.
+            fb_target: (F, 3) target point in that frame.  fb_conf: (F,) weight.
+        root, edges: kinematic tree (edges (N-1, 2) (parent, child) in BFS order).
+    """
+
+    imsizes: Tensor
+    base_focals: Tensor
+    pps: Tensor
+    median_depths: Tensor
+    core_depth: Tensor
+    anchor_img: Tensor
+    anchor_xy: Tensor
+    m_img: Tensor
+    m_xy: Tensor
+    m_anchor: Tensor
+    m_off: Tensor
+    m_conf: Tensor
+    m_ok: Tensor
+    fb_anchor: Tensor
+    fb_ref: Tensor
+    fb_target: Tensor
+    fb_conf: Tensor
+    root: int
+    edges: np.ndarray
+    mean_confs: Tensor = field(default_factory=lambda: torch.zeros(0))
+    init_R: Tensor | None = None
+    init_C: Tensor | None = None
+    init_log_sizes: Tensor | None = None
+
+    @property
+    def n_images(self) -> int:
+        return int(self.imsizes.shape[0])
+
+    @property
+    def n_matches(self) -> int:
+        return int(self.m_conf.shape[0])
+
+
+@dataclass
+class StageResult:
+    """Outcome of one optimisation stage."""
+
+    name: str
+    niter_done: int
+    losses: list[float]
+    wall_s: float
+    stopped_non_finite: bool = False
+
+
+@dataclass
+class OptimState:
+    """Final optimised quantities (detached, on the optimiser's device).
+
+    intrinsics (N, 3, 3); cam2w (N, 4, 4); anchor_depth (A,) absolute anchor depths; focals (N,).
+    """
+
+    intrinsics: Tensor
+    cam2w: Tensor
+    anchor_depth: Tensor
+    focals: Tensor
+    stages: list[StageResult]
+
+
+
+@dataclass
+class CanonicalData:
+    """What alignment keeps of one image after fusing its pointmaps (the full-resolution maps are dropped).
+
+    canon2: (H, W) float32 depth ratio map; confs: (H, W) float32 fused confidence; focal: initial focal (px);
+    core_depth: (A,) float32 canonical depths at the anchors.
+    """
+
+    canon2: np.ndarray
+    confs: np.ndarray
+    focal: float
+    core_depth: np.ndarray
+
+
+@dataclass
+class _PairMeta:
+    """The light part of a prediction, kept for the whole alignment (the pointmaps are re-loaded on demand)."""
+
+    src: int
+    flip: bool
+    i: int
+    j: int
+    shape1: tuple[int, int]
+    shape2: tuple[int, int]
+    xy1: np.ndarray
+    xy2: np.ndarray
+    match_conf: np.ndarray
+
+
+class _Pairs:
+    """Deduplicated, oriented (i <= j) view of a prediction sequence that never holds the pointmaps.
+
+    ``predictions`` may be any sequence, including a lazy one that loads each pair from disk (or simulates it) on
+    ``__getitem__``: alignment then streams, holding the full-resolution maps of one image's pairs at a time.
+    """
+
+    def __init__(self, predictions: Sequence[PairPrediction], n_images: int | None) -> None:
+        try:
+            count = len(predictions)
+        except TypeError:
+            raise InputError("predictions must be a sequence of PairPrediction") from None
+        if count == 0:
+            raise InputError("no pair predictions to align")
+        self.src = predictions
+        seen: set[tuple[int, int]] = set()
+        self.meta: list[_PairMeta] = []
+        for k in range(count):
+            p = predictions[k]
+            if not isinstance(p, PairPrediction):
+                raise InputError(f"expected PairPrediction, got {type(p).__name__}")
+            p.validate()
+            if p.i < 0 or p.j < 0:
+                raise InputError(f"pair ({p.i}, {p.j}): negative image index")
+            key = (min(p.i, p.j), max(p.i, p.j))
+            if key in seen:
+                log.warning("pair (%d, %d) given twice: keeping the first", *key)
+                continue
+            seen.add(key)
+            flip = p.i > p.j
+            q = p.swapped() if flip else p
+            self.meta.append(_PairMeta(k, flip, q.i, q.j, q.shape1, q.shape2, np.asarray(q.xy1),
+                                       np.asarray(q.xy2), np.asarray(q.match_conf)))
+        n = max(max(m.i, m.j) for m in self.meta) + 1
+        if n_images is not None:
+            if n_images < n:
+                raise InputError(f"n_images={n_images} but predictions reference image {n - 1}")
+            n = n_images
+        self.n = n
+        shapes: dict[int, tuple[int, int]] = {}
+        for m in self.meta:
+            for idx, shp in ((m.i, m.shape1), (m.j, m.shape2)):
+                if shapes.setdefault(idx, shp) != shp:
+                    raise InputError(f"image {idx} has shape {shapes[idx]} in one pair and {shp} in pair "
+                                     f"({m.i}, {m.j})")
+        missing = [k for k in range(n) if k not in shapes]
+        if missing:
+            raise GraphError(f"images {missing} appear in no pair: they cannot be registered")
+        self.shapes = shapes
+
+    def __len__(self) -> int:
+        return len(self.meta)
+
+    def __getitem__(self, k: int) -> PairPrediction:
+        m = self.meta[k]
+        p = self.src[m.src]
+        return p.swapped() if m.flip else p
+
+
+def _sanitize(pts: np.ndarray, conf: np.ndarray, own_frame: bool, what: str) -> tuple[np.ndarray, np.ndarray]:
+    """Mask non-finite points/confidences (and non-positive depths in the own frame) by giving them the lowest
+    weight; warn once per map. Masked points are set to the median valid point so sums stay finite."""
+    # fast path, exact: numpy's min/max propagate NaN, so finite extremes mean every value is finite
+    ext = np.array([pts.min(), pts.max(), conf.min(), conf.max()], np.float64)
+    if np.isfinite(ext).all() and ext[2] >= 1 and (not own_frame or pts[..., 2].min() > 0):
+        return pts, conf
+    bad = ~np.isfinite(pts).all(-1) | ~np.isfinite(conf) | (conf < 1)
+    if own_frame:
+        bad |= ~(pts[..., 2] > 0)
+    if not bad.any():
+        return pts, conf
+    if bad.all():
+        raise InputError(f"{what}: no valid point (all NaN/inf or non-positive depth)")
+    log.warning("%s: %d non-finite or invalid points masked", what, int(bad.sum()))
+    pts = pts.copy()
+    conf = conf.copy()
+    good = pts[~bad]
+    fill = np.median(good, axis=0) if not own_frame else None
+    if own_frame:
+        z = np.median(good[:, 2])
+        pts[bad] = (0.0, 0.0, z)
+    else:
+        pts[bad] = fill
+    conf[bad] = 1.0  # weight conf - 0.999 = 1e-3
+    return pts.astype(np.float32), conf.astype(np.float32)
+
+
+def _anchor_pixels(h: int, w: int, s: int) -> np.ndarray:
+    ys, xs = np.mgrid[s // 2 : h : s, s // 2 : w : s]
+    return np.stack((xs.ravel(), ys.ravel()), -1).astype(np.int64)
+
+
+def build_problem(predictions: Sequence[PairPrediction], config: AlignConfig, n_images: int | None = None
+                  ) -> tuple[AlignProblem, list[CanonicalData], dict[str, Any]]:
+    """Turn predictions into the flat :class:`AlignProblem` (plus per-image canonical data for densification)."""
+    preds = _Pairs(predictions, n_images)
+    n, shapes, meta = preds.n, preds.shapes, preds.meta
+    s = config.subsample
+    dev, dt = torch.device(config.device), config.torch_dtype
+
+    own: dict[int, list[tuple[int, str]]] = {k: [] for k in range(n)}  # image -> [(pred idx, which)]
+    for k, p in enumerate(meta):
+        own[p.i].append((k, "11"))
+        if p.j != p.i:
+            own[p.j].append((k, "22"))
+    for k, (h, w) in shapes.items():
+        if h % s or w % s:
+            raise InputError(f"image {k}: size {w}x{h} is not a multiple of subsample={s}")
+
+    # matches: both sides in flat arrays; self-pairs (single image) carry no cross-view constraint
+    pair_ok = np.zeros(len(preds), dtype=bool)
+    sides_img, sides_xy, confs, pair_of = [], [], [], []
+    for k, p in enumerate(meta):
+        m = len(p.match_conf)
+        conf = np.asarray(p.match_conf, dtype=np.float32)
+        if m and not np.isfinite(conf).all():
+            log.warning("pair (%d, %d): non-finite match confidences dropped", p.i, p.j)
+        valid = np.isfinite(conf) & (conf > 0) if m else np.zeros(0, bool)
+        if p.i == p.j:
+            valid[:] = False
+        pair_ok[k] = bool(valid.any()) and float(conf[valid].max()) > config.matching_conf_thr
+        sides_img.append(np.stack((np.full(valid.sum(), p.i), np.full(valid.sum(), p.j))))
+        sides_xy.append(np.stack((p.xy1[valid], p.xy2[valid])))
+        confs.append(conf[valid])
+        pair_of.append(np.full(valid.sum(), k))
+    m_pair = np.concatenate(pair_of).astype(np.int64)
+    order = np.argsort(~pair_ok[m_pair], kind="stable")  # trusted matches first (the losses use a slice)
+    m_pair = m_pair[order]
+    m_img = np.ascontiguousarray(np.concatenate(sides_img, axis=1).astype(np.int64)[:, order])
+    m_xy = np.ascontiguousarray(np.concatenate(sides_xy, axis=1).astype(np.int64)[:, order])
+    m_conf = np.concatenate(confs)[order]
+    m_anchor = np.zeros(m_img.shape, dtype=np.int64)  # C order: filled through flat views below
+    m_off = np.zeros(m_img.shape, dtype=np.float32)
+    side_order = np.argsort(m_img.reshape(-1), kind="stable")  # match sides grouped by image
+    side_ptr = np.searchsorted(m_img.reshape(-1)[side_order], np.arange(n + 1))
+    m_xy_flat = m_xy.reshape(-1, 2)
+
+    # canonical views, one image at a time
+    anchor_base = np.zeros(n + 1, dtype=np.int64)
+    for k in range(n):
+        h, w = shapes[k]
+        anchor_base[k + 1] = anchor_base[k] + (h // s) * (w // s)
+    cdata: list[CanonicalData] = []
+    base_focals = np.zeros(n)
+    mean_confs = np.zeros(n)
+    for k in range(n):
+        maps, cfs = [], []
+        for pk, which in own[k]:
+            p = preds[pk]
+            pts, cf = (p.pts11, p.conf11) if which == "11" else (p.pts22, p.conf22)
+            pts, cf = _sanitize(np.asarray(pts, np.float32), np.asarray(cf, np.float32), True,
+                                f"pair ({p.i}, {p.j}) pts{which}")
+            maps.append(pts)
+            cfs.append(cf)
+        ptmaps = torch.from_numpy(np.stack(maps))
+        cf_t = torch.from_numpy(np.stack(cfs))
+        canon, canon2, cconf = canonical.canonical_view(ptmaps, cf_t, subsample=s, mode=config.canonical_mode)
+        focal = float(canonical.estimate_focal(canon))
+        del ptmaps, cf_t
+        canon2_np = canon2.numpy().astype(np.float32)
+        if not np.isfinite(canon2_np).all():
+            raise InputError(f"image {k}: canonical view is not finite")
+        core = canon[s // 2 :: s, s // 2 :: s, 2].reshape(-1).numpy().astype(np.float32)
+        core = np.maximum(core, np.float32(1e-6 * max(np.median(core), 1e-12)))
+        cdata.append(CanonicalData(canon2_np, cconf.numpy().astype(np.float32), focal, core))
+        base_focals[k] = focal
+        mean_confs[k] = float(cconf.mean())
+        sel = side_order[side_ptr[k] : side_ptr[k + 1]]  # flat (side * M + match) positions of image k
+        if len(sel):
+            idx, off = canonical.anchor_depth_offsets(canon2, torch.from_numpy(m_xy_flat[sel]), subsample=s)
+            m_anchor.reshape(-1)[sel] = idx.numpy() + anchor_base[k]
+            m_off.reshape(-1)[sel] = off.numpy()
+
+    # fallback targets at anchor resolution for pairs whose matching is not trusted
+    fb_anchor, fb_ref, fb_target, fb_conf = [], [], [], []
+    n_fallback = 0
+    for k, pm in enumerate(meta):
+        if pair_ok[k] or pm.i == pm.j:
+            continue
+        n_fallback += 1
+        p = preds[k]
+        for a, b, pts_ab, conf_ab, (h, w) in ((p.i, p.j, p.pts12, p.conf12, p.shape1),
+                                              (p.j, p.i, p.pts21, p.conf21, p.shape2)):
+            axy = _anchor_pixels(h, w, s)
+            tgt = np.asarray(pts_ab, np.float32)[axy[:, 1], axy[:, 0]]
+            cf = np.asarray(conf_ab, np.float32)[axy[:, 1], axy[:, 0]]
+            good = np.isfinite(tgt).all(-1) & np.isfinite(cf)
+            fb_anchor.append(anchor_base[a] + np.flatnonzero(good))
+            fb_ref.append(np.full(good.sum(), b))
+            fb_target.append(tgt[good])
+            fb_conf.append(cf[good])
+
+    anchor_img = np.repeat(np.arange(n), np.diff(anchor_base))
+    anchor_xy = np.concatenate([_anchor_pixels(*shapes[k], s) for k in range(n)])
+    core_all = np.concatenate([c.core_depth for c in cdata])
+    medians = np.array([np.median(c.core_depth) for c in cdata])
+    core_norm = core_all / medians[anchor_img]
+
+    # kinematic tree over the match-count graph
+    scores = np.zeros((n, n), dtype=np.float32)
+    counts = np.bincount(m_pair, minlength=len(meta))
+    for k, p in enumerate(meta):
+        if p.i == p.j:
+            continue
+        cnt = float(counts[k])
+        scores[p.i, p.j] = scores[p.j, p.i] = cnt if cnt > 0 else ZERO_MATCH_SCORE
+    imsizes_wh = np.array([(shapes[k][1], shapes[k][0]) for k in range(n)], dtype=np.int64)
+    if n == 1:
+        root, edges = 0, np.zeros((0, 2), dtype=np.int64)
+    else:
+        tree = kinematic.build_tree(config.kinematic_mode, scores, imsizes_wh, s)
+        root, edges = int(tree.root), np.asarray(tree.edges, dtype=np.int64).reshape(-1, 2)
+
+    init = None
+    if config.pose_init == "procrustes" and n > 1:
+        init = chain_pairwise_poses(preds, n, root, edges, cdata, s)
+
+    def t(x: np.ndarray, dtype: torch.dtype | None = None) -> torch.Tensor:
+        return torch.as_tensor(np.ascontiguousarray(x), device=dev, dtype=dtype or dt)
+
+    cat = np.concatenate
+    problem = AlignProblem(
+        imsizes=t(imsizes_wh, torch.int64),
+        base_focals=t(base_focals),
+        pps=t(imsizes_wh / 2.0),
+        median_depths=t(medians),
+        core_depth=t(core_norm),
+        anchor_img=t(anchor_img, torch.int64),
+        anchor_xy=t(anchor_xy),
+        m_img=t(m_img, torch.int64),
+        m_xy=t(m_xy),
+        m_anchor=t(m_anchor, torch.int64),
+        m_off=t(m_off),
+        m_conf=t(m_conf),
+        m_ok=t(pair_ok[m_pair], torch.bool),
+        fb_anchor=t(cat(fb_anchor) if fb_anchor else np.zeros(0), torch.int64),
+        fb_ref=t(cat(fb_ref) if fb_ref else np.zeros(0), torch.int64),
+        fb_target=t(cat(fb_target) if fb_target else np.zeros((0, 3))),
+        fb_conf=t(cat(fb_conf) if fb_conf else np.zeros(0)),
+        root=root,
+        edges=edges,
+        mean_confs=t(mean_confs),
+        init_R=t(init[0]) if init else None,
+        init_C=t(init[1]) if init else None,
+        init_log_sizes=t(init[2]) if init else None,
+    )
+    stats = {
+        "n_images": n, "n_pairs": len(preds), "n_matches": int(m_conf.shape[0]),
+        "n_fallback_pairs": n_fallback, "n_anchors": int(anchor_base[-1]),
+        "kinematic_root": root, "kinematic_edges": edges.tolist(),
+        "pairs": [[p.i, p.j] for p in meta],
+    }
+    return problem, cdata, stats
+
