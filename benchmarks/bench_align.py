@@ -26,13 +26,13 @@ def run_one(args: argparse.Namespace, n: int) -> dict:
 
     torch.set_num_threads(args.threads)
     from sparsega import align, metrics
-    from sparsega.sim import synthetic
+    from sparsega import sim
     from sparsega.frontend.pairs import make_pairs, unique_pairs
 
     h, w = (args.size if n <= args.big_n else args.size_big)
     t0 = time.perf_counter()
-    sc = synthetic.make_scene(args.kind, n_views=n, height=h, width=w, seed=args.seed)
-    preds = synthetic.simulate_predictions(sc, unique_pairs(make_pairs(n, args.graph)), seed=args.seed)
+    sc = sim.make_scene(args.kind, n_views=n, height=h, width=w, seed=args.seed)
+    preds = sim.simulate_predictions(sc, unique_pairs(make_pairs(n, args.graph)), seed=args.seed)
     t_sim = time.perf_counter() - t0
     t0 = time.perf_counter()
     scene = align(preds, progress=False, niter1=args.niter[0], niter2=args.niter[1], clean_depth=False,

@@ -43,12 +43,12 @@ def main() -> None:
     if args.torch_threads:
         torch.set_num_threads(args.torch_threads)
     import sparsega
-    from sparsega.sim import synthetic
+    from sparsega import sim
     from sparsega.frontend.pairs import make_pairs, unique_pairs
 
     h, w = args.size
-    sc = synthetic.make_scene(args.kind, n_views=args.n, height=h, width=w, seed=0)
-    preds = synthetic.simulate_predictions(sc, unique_pairs(make_pairs(args.n, args.graph)), seed=0)
+    sc = sim.make_scene(args.kind, n_views=args.n, height=h, width=w, seed=0)
+    preds = sim.simulate_predictions(sc, unique_pairs(make_pairs(args.n, args.graph)), seed=0)
     sparsega.align(preds, progress=False, niter1=2, niter2=2)  # compile / load the kernels once
 
     def timed(threads: int) -> float:

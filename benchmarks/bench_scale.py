@@ -46,14 +46,14 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     from sparsega import align, metrics
-    from sparsega.sim import synthetic
+    from sparsega import sim
     from sparsega.frontend.pairs import make_pairs, unique_pairs
 
     h, w = args.size or ((192, 256) if args.n <= 256 else (96, 128))
     t0 = time.perf_counter()
-    sc = synthetic.make_scene(args.traj, n_views=args.n, height=h, width=w, seed=args.seed)
+    sc = sim.make_scene(args.traj, n_views=args.n, height=h, width=w, seed=args.seed)
     t_render = time.perf_counter() - t0
-    lazy = synthetic.LazyPredictions(sc, unique_pairs(make_pairs(args.n, args.graph)), seed=args.seed)
+    lazy = sim.LazyPredictions(sc, unique_pairs(make_pairs(args.n, args.graph)), seed=args.seed)
     t0 = time.perf_counter()
     tmp = None
     if args.source == "cache":

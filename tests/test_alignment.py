@@ -16,7 +16,7 @@ import torch
 
 from sparsega import AlignConfig, GraphError, InputError, Scene, align, metrics
 
-from sparsega.sim import synthetic
+from sparsega import sim
 from sparsega.frontend.pairs import make_pairs, unique_pairs
 
 BOUNDS = dict(rra5=0.95, rta5=0.90, rot_err_med=1.0, ate_rel=0.02, focal_err_med=0.03)
@@ -24,8 +24,8 @@ BOUNDS = dict(rra5=0.95, rta5=0.90, rot_err_med=1.0, ate_rel=0.02, focal_err_med
 
 @functools.lru_cache(maxsize=None)
 def _case(kind: str, n: int, graph: str, h: int, w: int, seed: int = 0):
-    sc = synthetic.make_scene(kind, n_views=n, height=h, width=w, seed=seed)
-    preds = synthetic.simulate_predictions(sc, unique_pairs(make_pairs(n, graph)), seed=seed)
+    sc = sim.make_scene(kind, n_views=n, height=h, width=w, seed=seed)
+    preds = sim.simulate_predictions(sc, unique_pairs(make_pairs(n, graph)), seed=seed)
     return sc, preds
 
 
@@ -67,9 +67,9 @@ def test_hemisphere_16_logwin3_meets_bounds():
 
 
 def test_portrait_and_landscape_mixed():
-    sc = synthetic.make_scene("orbit", n_views=6, height=128, width=160, seed=3, portrait_every=2)
+    sc = sim.make_scene("orbit", n_views=6, height=128, width=160, seed=3, portrait_every=2)
     assert {s for s in sc.shapes} == {(128, 160), (160, 128)}
-    preds = synthetic.simulate_predictions(sc, unique_pairs(make_pairs(6, "complete")), seed=3)
+    preds = sim.simulate_predictions(sc, unique_pairs(make_pairs(6, "complete")), seed=3)
     scene = align(preds, progress=False)
     assert [d.shape for d in scene.depthmaps] == sc.shapes
     _check_bounds(_metrics(scene, sc))

@@ -221,17 +221,17 @@ def test_align_cache_maps_back_to_original_pixels(tmp_path):
     the files' pixels (COLMAP size and focals x2) and eval against the true cameras passes."""
     from PIL import Image
 
-    from sparsega.sim import synthetic
+    from sparsega import sim
     from sparsega.interop import write_mast3r_cache
     from sparsega.frontend.pairs import make_pairs
 
-    gt = synthetic.make_scene("orbit", n_views=4, height=96, width=128, seed=3)
+    gt = sim.make_scene("orbit", n_views=4, height=96, width=128, seed=3)
     paths = []
     for k, im in enumerate(gt.images):
         p = tmp_path / f"im{k}.png"
         Image.fromarray(np.asarray(im)).resize((256, 192), Image.NEAREST).save(p)
         paths.append(str(p))
-    preds = synthetic.simulate_predictions(gt, make_pairs(4, "complete"), seed=3)
+    preds = sim.simulate_predictions(gt, make_pairs(4, "complete"), seed=3)
     write_mast3r_cache(tmp_path / "cache", paths, preds)
     gt_json = tmp_path / "gt.json"
     gt_json.write_text(json.dumps({"extent": float(gt.extent), "images": [

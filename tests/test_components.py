@@ -8,7 +8,7 @@ import logging
 import numpy as np
 import pytest
 
-from sparsega.sim import synthetic
+from sparsega import sim
 from sparsega.alignment.api import align
 from sparsega.alignment.components import align_components, self_pair, split_components, subset_predictions
 from sparsega.errors import ConfigError, GraphError
@@ -33,12 +33,12 @@ def _no_matches(p: PairPrediction, i: int, j: int) -> PairPrediction:
 def two_scenes() -> dict:
     """Scene A (4 views, images 0-3), scene B (3 views, images 4-6), image 7 whose only pairs have zero matches;
     A-B also joined by a zero-match pair (3, 4)."""
-    a = synthetic.make_scene("orbit", n_views=4, height=H, width=W, seed=1)
-    b = synthetic.make_scene("walk", n_views=3, height=H, width=W, seed=2)
-    c = synthetic.make_scene("hemisphere", n_views=2, height=H, width=W, seed=3)
-    pa = synthetic.simulate_predictions(a, make_pairs(4, "complete"), seed=1)
-    pb = synthetic.simulate_predictions(b, make_pairs(3, "complete"), seed=2)
-    pc = synthetic.simulate_predictions(c, [[0, 1]], seed=3)[0]
+    a = sim.make_scene("orbit", n_views=4, height=H, width=W, seed=1)
+    b = sim.make_scene("walk", n_views=3, height=H, width=W, seed=2)
+    c = sim.make_scene("hemisphere", n_views=2, height=H, width=W, seed=3)
+    pa = sim.simulate_predictions(a, make_pairs(4, "complete"), seed=1)
+    pb = sim.simulate_predictions(b, make_pairs(3, "complete"), seed=2)
+    pc = sim.simulate_predictions(c, [[0, 1]], seed=3)[0]
     cross = [_no_matches(pa[0], 3, 4), _no_matches(pc, 7, 0), _no_matches(pc, 7, 5)]
     preds = pa + _offset(pb, 4) + cross
     images = list(a.images) + list(b.images) + [c.images[0]]

@@ -19,10 +19,10 @@ import hashlib, sys
 import numpy as np, torch
 torch.set_num_threads(int(sys.argv[1]))
 import sparsega
-from sparsega.sim import synthetic
-gt = synthetic.make_scene("orbit", n_views=6, height=192, width=256, seed=3)
+from sparsega import sim
+gt = sim.make_scene("orbit", n_views=6, height=192, width=256, seed=3)
 pairs = [(i, j) for i in range(6) for j in range(i + 1, 6)]
-preds = synthetic.simulate_predictions(gt, pairs)
+preds = sim.simulate_predictions(gt, pairs)
 # a threshold between the pairs' best match confidences: a third of the pairs take the DUSt3R fallback
 thr = float(np.quantile([p.match_conf.max() for p in preds], 0.33))
 scene = sparsega.align(preds, progress=False, niter1=60, niter2=60, threads=int(sys.argv[2]),
@@ -53,10 +53,10 @@ def test_same_cameras_across_processes_and_thread_counts():
 
 def test_same_cameras_twice_in_one_process():
     import sparsega
-    from sparsega.sim import synthetic
+    from sparsega import sim
 
-    gt = synthetic.make_scene("walk", n_views=5, height=192, width=256, seed=1)
-    preds = synthetic.simulate_predictions(gt, [(i, i + 1) for i in range(4)] + [(0, 2), (2, 4)])
+    gt = sim.make_scene("walk", n_views=5, height=192, width=256, seed=1)
+    preds = sim.simulate_predictions(gt, [(i, i + 1) for i in range(4)] + [(0, 2), (2, 4)])
     a = sparsega.align(preds, progress=False, niter1=50, niter2=50)
     b = sparsega.align(preds, progress=False, niter1=50, niter2=50)
     assert hashlib.sha256(a.cam2w.tobytes()).digest() == hashlib.sha256(b.cam2w.tobytes()).digest()

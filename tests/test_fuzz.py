@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from sparsega.sim import synthetic
+from sparsega import sim
 from sparsega.alignment.api import align
 from sparsega.frontend.pairs import make_pairs
 from sparsega.types import AlignConfig
@@ -31,7 +31,7 @@ def _case(seed: int) -> dict:
     h, w = SIZES[int(rng.integers(0, len(SIZES)))]
     n = int(rng.integers(3, 9))
     return {
-        "kind": str(rng.choice(list(synthetic.KINDS))), "n": n, "h": h, "w": w, "graph": _graph(rng, n),
+        "kind": str(rng.choice(list(sim.KINDS))), "n": n, "h": h, "w": w, "graph": _graph(rng, n),
         "noise": float(rng.uniform(0, 10)), "outliers": float(rng.uniform(0, 0.5)),
         "kinematic": KINEMATIC[int(rng.integers(0, len(KINEMATIC)))],
         "shared": bool(rng.random() < 0.2), "seed": seed,
@@ -41,9 +41,9 @@ def _case(seed: int) -> dict:
 @pytest.mark.parametrize("seed", range(N_CASES))
 def test_random_scene_aligns_to_finite_outputs(seed):
     c = _case(seed)
-    gt = synthetic.make_scene(c["kind"], n_views=c["n"], height=c["h"], width=c["w"], seed=c["seed"])
-    sim = synthetic.SimConfig(noise_scale=c["noise"], outlier_rate=c["outliers"])
-    preds = synthetic.simulate_predictions(gt, make_pairs(c["n"], c["graph"]), sim=sim, seed=c["seed"])
+    gt = sim.make_scene(c["kind"], n_views=c["n"], height=c["h"], width=c["w"], seed=c["seed"])
+    sim_cfg = sim.SimConfig(noise_scale=c["noise"], outlier_rate=c["outliers"])
+    preds = sim.simulate_predictions(gt, make_pairs(c["n"], c["graph"]), sim=sim_cfg, seed=c["seed"])
     cfg = AlignConfig(niter1=30, niter2=30, kinematic_mode=c["kinematic"], shared_intrinsics=c["shared"],
                       progress=False)
     scene = align(preds, cfg, images=gt.images)

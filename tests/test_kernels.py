@@ -13,7 +13,7 @@ import torch
 
 from sparsega import AlignConfig, align
 
-from sparsega.sim import synthetic
+from sparsega import sim
 from sparsega.alignment.compiled import fallback_blocks
 from sparsega.alignment.kernels import fallback
 from sparsega.alignment.kernels.common import KERNEL_GAMMAS
@@ -172,8 +172,8 @@ def test_intr_grad_false_keeps_pose_and_depth_gradients(impl):
 # ------------------------------------------------------------------------------------------ through SparseAligner
 @functools.lru_cache(maxsize=1)
 def _orbit_preds():
-    sc = synthetic.make_scene("orbit", 5, 96, 128)
-    return sc, synthetic.simulate_predictions(sc, unique_pairs(make_pairs(5, "complete")), seed=0)
+    sc = sim.make_scene("orbit", 5, 96, 128)
+    return sc, sim.simulate_predictions(sc, unique_pairs(make_pairs(5, "complete")), seed=0)
 
 
 def _problem(dtype: torch.dtype) -> AlignProblem:

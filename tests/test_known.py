@@ -9,7 +9,7 @@ import pytest
 
 from sparsega import InputError, align, metrics
 
-from sparsega.sim import synthetic
+from sparsega import sim
 from sparsega.alignment.known import similarity_from_cameras
 from sparsega.frontend.pairs import make_pairs, unique_pairs
 
@@ -18,8 +18,8 @@ N = 12
 
 @functools.lru_cache(maxsize=None)
 def _case():
-    sc = synthetic.make_scene("orbit", n_views=N, height=96, width=128, seed=1)
-    preds = synthetic.simulate_predictions(sc, unique_pairs(make_pairs(N, "swin-3")), seed=1)
+    sc = sim.make_scene("orbit", n_views=N, height=96, width=128, seed=1)
+    preds = sim.simulate_predictions(sc, unique_pairs(make_pairs(N, "swin-3")), seed=1)
     return sc, preds
 
 

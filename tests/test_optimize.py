@@ -87,13 +87,13 @@ def test_stage1_peak_lr_depends_on_the_start(pose_init):
     """Adam's first step moves every parameter with a clear gradient by the peak lr: lr1_procrustes from
     the chained Procrustes poses, the reference's lr1 from identity."""
     from sparsega import AlignConfig
-    from sparsega.sim import synthetic
+    from sparsega import sim
     from sparsega.alignment.problem import build_problem
     from sparsega.alignment.optimizer import SparseAligner
     from sparsega.frontend.pairs import make_pairs, unique_pairs
 
-    sc = synthetic.make_scene("orbit", 4, 64, 96)
-    preds = synthetic.simulate_predictions(sc, unique_pairs(make_pairs(4, "complete")), seed=0)
+    sc = sim.make_scene("orbit", 4, 64, 96)
+    preds = sim.simulate_predictions(sc, unique_pairs(make_pairs(4, "complete")), seed=0)
     cfg = AlignConfig(progress=False, niter1=1, pose_init=pose_init, lr1=0.05, lr1_procrustes=0.004,
                       dtype="float64")
     al = SparseAligner(build_problem(preds, cfg)[0], cfg)

@@ -48,10 +48,10 @@ def _entries(cache: Path) -> dict[str, int]:
 
 @pytest.fixture(scope="module")
 def images(tmp_path_factory: pytest.TempPathFactory) -> list[str]:
-    from sparsega.sim import synthetic
+    from sparsega import sim
 
     d = tmp_path_factory.mktemp("imgs")
-    gt = synthetic.make_scene("orbit", n_views=N_IMAGES, height=48, width=64, seed=11)
+    gt = sim.make_scene("orbit", n_views=N_IMAGES, height=48, width=64, seed=11)
     paths = []
     for k, im in enumerate(gt.images):
         p = d / f"view{k}.png"

@@ -24,7 +24,7 @@ from sparsega import cli
 
 from sparsega.alignment.kernels import match as match_kernel
 
-from sparsega.sim import synthetic
+from sparsega import sim
 from sparsega.alignment.api import align
 from sparsega.errors import CacheError, CheckpointError, ConfigError, GraphError, InputError
 from sparsega.frontend.pairs import make_pairs
@@ -169,7 +169,7 @@ def test_subprocess_error_has_no_traceback(files, tmp_path):
     ({"no_such_option": 1}, ConfigError, "no_such_option"),
 ])
 def test_nonsense_options_api(override, exc, needle):
-    preds = synthetic.simulate_predictions(synthetic.make_scene("orbit", 2, 48, 64, seed=0), [[0, 1]], seed=0)
+    preds = sim.simulate_predictions(sim.make_scene("orbit", 2, 48, 64, seed=0), [[0, 1]], seed=0)
     with pytest.raises(exc, match=needle) as err:
         align(preds, **override)
     assert "\n" not in str(err.value)
@@ -206,9 +206,9 @@ def test_bad_checkpoints_api(files):
 
 # ------------------------------------------------------------------------------------ numerical faults
 @pytest.fixture(scope="module")
-def orbit() -> tuple[synthetic.SyntheticScene, list[PairPrediction]]:
-    gt = synthetic.make_scene("orbit", n_views=4, height=48, width=64, seed=5)
-    preds = synthetic.simulate_predictions(gt, make_pairs(4, "complete"), seed=5)
+def orbit() -> tuple[sim.SyntheticScene, list[PairPrediction]]:
+    gt = sim.make_scene("orbit", n_views=4, height=48, width=64, seed=5)
+    preds = sim.simulate_predictions(gt, make_pairs(4, "complete"), seed=5)
     return gt, [p if p.i < p.j else p.swapped() for p in preds]  # i < j: align keeps the names as given
 
 

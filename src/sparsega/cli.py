@@ -577,14 +577,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
         raise ConfigError(f"--height/--width {args.height}x{args.width}: must be >= 32")
     out = _check_output(args)
     from . import metrics as metrics_mod
-    from .sim import synthetic
+    from . import sim
 
     t = {}
     t0 = time.perf_counter()
-    gt = synthetic.make_scene(args.kind, n_views=args.n_views, height=args.height, width=args.width, seed=args.seed)
+    gt = sim.make_scene(args.kind, n_views=args.n_views, height=args.height, width=args.width, seed=args.seed)
     t["synthetic_scene"] = time.perf_counter() - t0
     t1 = time.perf_counter()
-    preds = synthetic.simulate_predictions(gt, make_pairs(args.n_views, graph), seed=args.seed)
+    preds = sim.simulate_predictions(gt, make_pairs(args.n_views, graph), seed=args.seed)
     t["simulate_predictions"] = time.perf_counter() - t1
     names = [f"view_{k:03d}.png" for k in range(args.n_views)]
     final = out.resolve()

@@ -1,4 +1,4 @@
-"""Tests of sparsega.sim.synthetic: analytic ray-casting truth, layouts, and the prediction simulator's properties."""
+"""Tests of sparsega.sim: analytic ray-casting truth, layouts, and the prediction simulator's properties."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from sparsega.errors import ConfigError, InputError
-from sparsega.sim.synthetic import (
+from sparsega.sim import (
     Geometry,
     SimConfig,
     SyntheticScene,
@@ -312,7 +312,7 @@ def test_benchmark_scale() -> None:
 
 
 def test_lazy_predictions_equal_eager():
-    from sparsega.sim import synthetic as syn
+    from sparsega import sim as syn
 
     sc = syn.make_scene("walk", 6, 96, 128, seed=2)
     pairs = [[0, 1], [1, 2], [2, 0], [3, 5], [1, 0]]
