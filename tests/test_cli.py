@@ -134,7 +134,7 @@ def test_export_in_place_and_to_new_folder(saved, tmp_path):
 
 def test_eval_gt_formats_exact_scene(saved, tmp_path):
     """The scene's own cameras as ground truth (JSON of cam2w, COLMAP model): perfect metrics."""
-    from sparsega.io.export import write_colmap
+    from sparsega.io.writers import write_colmap
     from sparsega.scene import Scene
 
     scene = Scene.load(saved / "scene")
@@ -197,11 +197,12 @@ def test_view_without_viser_is_a_clear_error(saved):
 
 def test_internal_error_exit_1_without_traceback(monkeypatch, capsys, saved):
     from sparsega import cli
+    from sparsega.cli import files
 
     def boom(args):
         raise RuntimeError("unexpected")
 
-    monkeypatch.setattr(cli, "cmd_export", boom)
+    monkeypatch.setattr(files, "run_export", boom)
     assert cli.main(["export", str(saved)]) == 1
     err = capsys.readouterr().err
     assert "internal error: RuntimeError: unexpected" in err and "--debug" in err and "Traceback" not in err
@@ -257,17 +258,17 @@ def test_known_camera_files_are_matched_to_inputs(tmp_path):
     import numpy as np
 
     from sparsega import InputError
-    from sparsega.cli import _by_image, load_intrinsics_file
+    from sparsega.io.camera_files import load_intrinsics_file, match_image_names
 
     K = [[500.0, 0, 320], [0, 500, 240], [0, 0, 1]]
     f = tmp_path / "k.json"
     f.write_text(json.dumps({"a.jpg": K, "sub/b.jpg": {"K": K}}))
     table = load_intrinsics_file(f)
     paths = ["/data/x/a.jpg", "/data/sub/b.jpg", "/data/c.jpg"]
-    got = _by_image(table, paths, str(f))
+    got = match_image_names(table, paths, str(f))
     assert set(got) == {"/data/x/a.jpg", "/data/sub/b.jpg"} and np.allclose(got["/data/x/a.jpg"], K)
     with pytest.raises(InputError, match="unknown image name 'zz.jpg'"):
-        _by_image({"zz.jpg": K}, paths, "k.json")
+        match_image_names({"zz.jpg": K}, paths, "k.json")
     bad = tmp_path / "bad.json"
     bad.write_text("[1, 2]")
     with pytest.raises(InputError, match="malformed intrinsics"):

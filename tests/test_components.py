@@ -10,7 +10,8 @@ import pytest
 
 from sparsega import sim
 from sparsega.alignment.api import align
-from sparsega.alignment.components import align_components, self_pair, split_components, subset_predictions
+from sparsega.alignment.api import align_components
+from sparsega.alignment.components import self_pair, split_components, subset_predictions
 from sparsega.errors import ConfigError, GraphError
 from sparsega.frontend.pairs import make_pairs
 from sparsega.types import AlignConfig, PairPrediction
@@ -87,7 +88,7 @@ def test_align_components_each_scene_equals_its_own_alignment(two_scenes, caplog
                                                 image_paths=two_scenes["paths"])
     assert unregistered == [7]
     assert "unregistered" in caplog.text and "im7.png" in caplog.text
-    assert [s.info["component_images"] for s in scenes] == [[0, 1, 2, 3], [4, 5, 6]]
+    assert [s.image_index.tolist() for s in scenes] == [[0, 1, 2, 3], [4, 5, 6]]
     assert scenes[0].image_paths == ["im0.png", "im1.png", "im2.png", "im3.png"]
     assert scenes[1].image_paths == ["im4.png", "im5.png", "im6.png"]
     np.testing.assert_array_equal(scenes[1].images[0], two_scenes["images"][4])
@@ -106,7 +107,7 @@ def test_isolated_image_from_self_pair(two_scenes):
     scenes, unregistered = align_components(two_scenes["preds"], CFG, isolated="self-pair")
     assert unregistered == [] and len(scenes) == 3
     single = scenes[2]
-    assert single.info["component_images"] == [7] and single.n_images == 1
+    assert single.image_index.tolist() == [7] and single.n_images == 1
     np.testing.assert_allclose(single.cam2w[0, :3, :3], np.eye(3), atol=1e-6)
     assert np.isfinite(single.depthmaps[0]).all() and (single.depthmaps[0] > 0).all()
     sp = self_pair(two_scenes["preds"], 7)

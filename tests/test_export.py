@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import json
 from pathlib import Path
 
@@ -156,11 +158,26 @@ def test_colorize_depth_orders_near_to_far():
     assert rgb[1, 0, 2] > rgb[1, 0, 0] and rgb[1, -1, 0] > rgb[1, -1, 2]  # near blue, far red
 
 
-def test_original_sizes_prefers_info(mapped_scene):
+def test_original_sizes_prefers_the_scene_field(mapped_scene):
     np.testing.assert_array_equal(export.original_sizes(mapped_scene), [[160, 112]] * 4)
-    s = plane_scene(net_to_orig=scale_crop_map(4))
-    s.info["original_sizes"] = [[161, 113]] * 4  # e.g. odd resized width: the info wins over the estimate
+    s = dataclasses.replace(plane_scene(net_to_orig=scale_crop_map(4)), original_sizes=[[161, 113]] * 4)
+    # e.g. an odd resized width: the known size wins over the estimate, and survives save/load
     np.testing.assert_array_equal(export.original_sizes(s), [[161, 113]] * 4)
+
+
+def test_scene_is_frozen_and_saves_atomically(tmp_path):
+    s = plane_scene()
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        s.net_to_orig = None  # type: ignore[misc]
+    path = s.save(tmp_path / "scene")
+    (path / "marker").write_text("old")
+    s2 = dataclasses.replace(s, original_sizes=[[64, 48]] * s.n_images)
+    s2.save(path)  # replaces the old folder as a whole
+    assert not (path / "marker").exists()
+    back = type(s).load(path)
+    np.testing.assert_array_equal(back.original_sizes, [[64, 48]] * s.n_images)
+    np.testing.assert_array_equal(back.image_index, np.arange(s.n_images))
+    assert [p.name for p in tmp_path.iterdir()] == ["scene"]  # no temp folder left behind
 
 
 def test_preview_png(tmp_path, scene):

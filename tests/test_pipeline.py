@@ -43,7 +43,7 @@ def test_reconstruct_scene_and_cached_rerun(net: MASt3RNet, paths: list[str], ca
     assert [d.shape for d in scene.depthmaps] == [(48, 64), (48, 64), (64, 48)]
     assert scene.image_paths == paths
     assert np.isfinite(scene.cam2w).all() and np.isfinite(scene.intrinsics).all()
-    assert scene.info["original_sizes"] == [[128, 96], [128, 96], [96, 128]]
+    assert scene.original_sizes.tolist() == [[128, 96], [128, 96], [96, 128]]
     # network pixel (x, y) -> original pixel: scale 2 with the pixel-centre convention, x0 = 2 x + 0.5
     np.testing.assert_allclose(scene.net_to_orig[0], [[2, 0, 0.5], [0, 2, 0.5], [0, 0, 1]])
     assert {"load", "inference", "align"} <= set(scene.info["timings_s"])

@@ -2,12 +2,13 @@
 
 Stages (each timed in ``scene.info["timings_s"]``): load the images at the network size, run the network over the
 scene graph (:func:`~sparsega.frontend.inference.run_pairs`, optionally cached on disk), align (:func:`~sparsega.align`).
-The scene stays in network pixels; ``scene.net_to_orig`` and ``scene.info["original_sizes"]`` carry the map back
-to the original photos for exports.
+The scene stays in network pixels; ``scene.net_to_orig`` and ``scene.original_sizes`` carry the map back to the
+original photos for exports.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import time
@@ -18,8 +19,10 @@ from typing import Any
 
 import numpy as np
 
+from .alignment.components import ComponentResult
 from .errors import ConfigError, InputError
-from .frontend.images import LoadedImage, collect_image_paths, load_images
+from .frontend.images import LoadedImage, collect_image_paths, load_images, photo_frames
+from .scene import Scene
 from .types import AlignConfig
 
 logger = logging.getLogger(__name__)
@@ -90,8 +93,9 @@ def reconstruct(
     ray_address: str | None = None,
     workers: int = 2,
     config: AlignConfig | None = None,
+    components: bool = False,
     **align_overrides: Any,
-) -> Any:
+) -> Scene | ComponentResult:
     """Reconstruct a scene from photos with a MASt3R (or DUSt3R) network and sparse global alignment.
 
     Args:
@@ -114,10 +118,14 @@ def reconstruct(
         workers: Ray workers.
         config, align_overrides: alignment settings (:class:`AlignConfig` fields); ``subsample`` also sets the
             matching seed spacing.
+        components: as :func:`~sparsega.alignment.api.align`: False raises
+            :class:`~sparsega.errors.GraphError` when the photos split into unconnected groups, True returns a
+            :class:`~sparsega.alignment.components.ComponentResult` (one Scene per group).
 
     Returns:
-        Scene in network pixels, with ``net_to_orig`` (N, 3, 3), ``info["original_sizes"]`` ([W, H] per image),
-        ``info["timings_s"]`` (load, inference, align, ...) and ``info["inference"]`` (pair/cache counts).
+        Scene in network pixels, with ``net_to_orig`` (N, 3, 3), ``original_sizes`` ((W, H) per image),
+        ``info["timings_s"]`` (load, inference, align, ...) and ``info["inference"]`` (pair/cache counts); or the
+        ComponentResult of such scenes.
     """
     from .alignment.api import align
     from .frontend.cache import CacheDir
@@ -176,20 +184,24 @@ def reconstruct(
     timings["inference"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    scene = align(preds, cfg, images=[im.rgb for im in images], image_paths=[im.path for im in images],
-                  n_images=n, known_intrinsics=k_net or None, known_poses=poses or None)
+    result = align(preds, cfg, images=[im.rgb for im in images], image_paths=[im.path for im in images],
+                   n_images=n, known_intrinsics=k_net or None, known_poses=poses or None, components=components)
     timings["align"] = time.perf_counter() - t0
+    inference = {**stats, "scene_graph": scene_graph, "size": int(size), "executor": executor,
+                 "model": net.identity, "has_descriptors": bool(net.has_descriptors)}
 
-    scene.net_to_orig = np.stack([im.intrinsics_to_original(np.eye(3)) for im in images])
-    scene.info["original_sizes"] = [[int(im.original_size[0]), int(im.original_size[1])] for im in images]
-    scene.info["inference"] = {**stats, "scene_graph": scene_graph, "size": int(size), "executor": executor,
-                               "model": net.identity, "has_descriptors": bool(net.has_descriptors)}
-    align_timings = scene.info.get("timings_s", {})
-    scene.info["timings_s"] = {**{f"align_{k}": v for k, v in align_timings.items()}, **timings}
+    def finish(scene: Scene) -> Scene:
+        """The photos' frames and the run record on one aligned scene."""
+        align_t = {f"align_{k}": v for k, v in scene.info.get("timings_s", {}).items()}
+        info = {**scene.info, "inference": inference, "timings_s": {**align_t, **timings}}
+        return dataclasses.replace(scene, info=info, **photo_frames([images[int(i)] for i in scene.image_index]))
+
     logger.info("reconstruct: %d images, %d pairs (%d cached); load %.2fs, inference %.2fs, align %.2fs",
                 n, stats.get("n_pairs", 0), stats.get("cache_hits", 0), timings["load"], timings["inference"],
                 timings["align"])
-    return scene
+    if isinstance(result, Scene):
+        return finish(result)
+    return ComponentResult([finish(sc) for sc in result.scenes], result.unregistered)
 
 
 __all__ = ["reconstruct"]

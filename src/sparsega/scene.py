@@ -1,8 +1,9 @@
 """The result of an alignment: cameras, intrinsics, dense depth maps, points, colours, confidences.
 
 A :class:`Scene` holds plain numpy arrays (float32) in the network's pixel frame; ``net_to_orig`` maps those pixel
-coordinates back to the original photos for exports. ``save``/``load`` round-trip exactly through an ``.npz``
-without pickle and a JSON side file, written atomically.
+coordinates back to the original photos for exports. It is frozen: variants are made with
+:func:`dataclasses.replace`. ``save``/``load`` round-trip exactly through an ``.npz`` without pickle and a JSON
+side file, written atomically (the previous folder is replaced only once the new one is complete).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from .errors import InputError
+from .fsutil import replace_dir
 
 SCENE_FORMAT = 1
 
@@ -30,7 +32,7 @@ def unproject_depth(depth: np.ndarray, K: np.ndarray, cam2w: np.ndarray) -> np.n
     return (cam @ cam2w[:3, :3].T.astype(np.float64) + cam2w[:3, 3]).astype(np.float32)
 
 
-@dataclass
+@dataclass(frozen=True)
 class Scene:
     """An aligned multi-view reconstruction.
 
@@ -42,8 +44,12 @@ class Scene:
         images: N arrays (H_i, W_i, 3) uint8 network-sized colours (grey when unknown).
         image_paths: N strings (may be synthetic names like ``view_000``).
         sparse_xy: N arrays (M_i, 2) int64 matched pixels (x, y) used by the optimiser.
-        net_to_orig: (N, 3, 3) float64 affine map from network pixels to original image pixels.
-        info: JSON-serialisable run record (config, timings, losses, counts).
+        net_to_orig: (N, 3, 3) float64 affine map from network pixels to original image pixels (identity when
+            the predictions came without photos).
+        original_sizes: (N, 2) int64 original image sizes (W, H), or None when unknown.
+        image_index: (N,) int64 position of each view in the input image list: ``0..N-1`` for a whole
+            reconstruction, the component's images for one component of a split graph.
+        info: JSON-serialisable run record (config, timings, losses, counts); never camera data.
     """
 
     cam2w: np.ndarray
@@ -54,13 +60,23 @@ class Scene:
     image_paths: list[str]
     sparse_xy: list[np.ndarray] = field(default_factory=list)
     net_to_orig: np.ndarray | None = None
+    original_sizes: np.ndarray | None = None
+    image_index: np.ndarray | None = None
     info: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        n = len(self.cam2w)
         if self.net_to_orig is None:
-            self.net_to_orig = np.tile(np.eye(3), (len(self.cam2w), 1, 1))
+            object.__setattr__(self, "net_to_orig", np.tile(np.eye(3), (n, 1, 1)))
         if not self.sparse_xy:
-            self.sparse_xy = [np.zeros((0, 2), np.int64) for _ in range(len(self.cam2w))]
+            object.__setattr__(self, "sparse_xy", [np.zeros((0, 2), np.int64) for _ in range(n)])
+        if self.image_index is None:
+            object.__setattr__(self, "image_index", np.arange(n, dtype=np.int64))
+        if self.original_sizes is not None:
+            sizes = np.asarray(self.original_sizes, dtype=np.int64).reshape(-1, 2)
+            if len(sizes) != n:
+                raise InputError(f"original_sizes has {len(sizes)} rows for {n} views")
+            object.__setattr__(self, "original_sizes", sizes)
 
     # -- views ------------------------------------------------------------------------------------------------
     @property
@@ -125,7 +141,10 @@ class Scene:
         try:
             arrays: dict[str, np.ndarray] = {
                 "cam2w": self.cam2w, "intrinsics": self.intrinsics, "net_to_orig": np.asarray(self.net_to_orig),
+                "image_index": np.asarray(self.image_index),
             }
+            if self.original_sizes is not None:
+                arrays["original_sizes"] = self.original_sizes
             for i in range(self.n_images):
                 arrays[f"depth_{i}"] = self.depthmaps[i]
                 arrays[f"conf_{i}"] = self.confidences[i]
@@ -135,9 +154,7 @@ class Scene:
             meta = {"format": SCENE_FORMAT, "n_images": self.n_images, "image_paths": list(self.image_paths),
                     "info": self.info}
             (tmp / "scene.json").write_text(json.dumps(meta, indent=1, default=json_default))
-            if path.exists():
-                shutil.rmtree(path)
-            os.replace(tmp, path)
+            replace_dir(tmp, path)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
@@ -166,7 +183,10 @@ class Scene:
                     images=[data[f"image_{i}"] for i in range(n)],
                     image_paths=list(meta["image_paths"]),
                     sparse_xy=[data[f"sparse_xy_{i}"] for i in range(n)],
-                    net_to_orig=data["net_to_orig"], info=meta.get("info", {}),
+                    net_to_orig=data["net_to_orig"],
+                    original_sizes=data["original_sizes"] if "original_sizes" in data.files else None,
+                    image_index=data["image_index"] if "image_index" in data.files else None,
+                    info=meta.get("info", {}),
                 )
         except (KeyError, ValueError, TypeError) as e:
             raise InputError(f"{path}: corrupt saved scene ({type(e).__name__}: {e})") from None

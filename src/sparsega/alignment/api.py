@@ -14,15 +14,17 @@ Steps (each a pure function of the previous one's output, except the optimiser):
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import time
-from dataclasses import dataclass
-from typing import Any, Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any, Literal, overload
 
 import numpy as np
 import torch
 
-from ..errors import InputError
+from ..errors import ConfigError, InputError
+from .components import ISOLATED_MODES, ComponentResult, self_pair, split_components, subset_predictions
 from .optimizer import optimize
 from .problem import AlignProblem, CanonicalData, OptimState, build_problem
 from ..scene import Scene
@@ -52,10 +54,24 @@ def densify(state: OptimState, problem: AlignProblem, cdata: list[CanonicalData]
     return depths
 
 
+@overload
 def align(predictions: Sequence[PairPrediction], config: AlignConfig | None = None, *,
           images: Sequence[np.ndarray] | None = None, image_paths: Sequence[str] | None = None,
           n_images: int | None = None, known_intrinsics: Any = None, known_poses: Any = None,
-          **overrides: Any) -> Scene:
+          components: Literal[False] = False, **overrides: Any) -> Scene: ...
+
+
+@overload
+def align(predictions: Sequence[PairPrediction], config: AlignConfig | None = None, *,
+          images: Sequence[np.ndarray] | None = None, image_paths: Sequence[str] | None = None,
+          n_images: int | None = None, known_intrinsics: Any = None, known_poses: Any = None,
+          components: Literal[True], **overrides: Any) -> ComponentResult: ...
+
+
+def align(predictions: Sequence[PairPrediction], config: AlignConfig | None = None, *,
+          images: Sequence[np.ndarray] | None = None, image_paths: Sequence[str] | None = None,
+          n_images: int | None = None, known_intrinsics: Any = None, known_poses: Any = None,
+          components: bool = False, **overrides: Any) -> Scene | ComponentResult:
     """Sparse global alignment of pair predictions into a :class:`Scene`.
 
     Args:
@@ -65,11 +81,97 @@ def align(predictions: Sequence[PairPrediction], config: AlignConfig | None = No
         image_paths: optional names per image (``view_000`` ... otherwise).
         n_images: number of images, if more than referenced (an image in no pair is an error).
         known_intrinsics, known_poses: see :mod:`sparsega.alignment.known` (DESIGN "Known cameras").
+        components: False (default): one Scene, and :class:`~sparsega.errors.GraphError` naming the groups when
+            the match graph splits. True: always a :class:`ComponentResult` (:func:`align_components`; the
+            policy is documented once, in :mod:`sparsega.alignment.components`).
     """
+    if components:
+        return align_components(predictions, config, images=images, image_paths=image_paths, n_images=n_images,
+                                known_intrinsics=known_intrinsics, known_poses=known_poses, **overrides)
     cfg = (config or AlignConfig()).replace(**overrides) if overrides else (config or AlignConfig())
     with _torch_threads(1):
         return _align(predictions, cfg, images=images, image_paths=image_paths, n_images=n_images,
                       known_intrinsics=known_intrinsics, known_poses=known_poses)
+
+
+def _pick(seq: Sequence[Any] | None, idx: Sequence[int]) -> list[Any] | None:
+    return None if seq is None else [seq[int(k)] for k in idx]
+
+
+def align_components(predictions: Sequence[PairPrediction], config: AlignConfig | None = None, *,
+                     images: Sequence[np.ndarray] | None = None, image_paths: Sequence[str] | None = None,
+                     n_images: int | None = None, link: Literal["matches", "trusted"] = "matches",
+                     isolated: Literal["unregistered", "self-pair"] = "unregistered",
+                     known_intrinsics: Any = None, known_poses: Any = None, **overrides: Any) -> ComponentResult:
+    """Align each connected component of the match graph as its own :class:`Scene`.
+
+    Args:
+        predictions, config, images, image_paths, n_images, known_intrinsics, known_poses, overrides: as
+            :func:`align` (indexed by input image; known cameras given as a dict or an (N, ...) array).
+        link: which pairs link two images (module docstring).
+        isolated: ``"unregistered"`` (default) lists images linked to nothing in ``unregistered``;
+            ``"self-pair"`` reconstructs each alone from its own-frame pointmap (a one-view Scene, identity pose),
+            placed after the multi-view scenes; images in no prediction at all stay unregistered.
+
+    Returns:
+        :class:`ComponentResult` ``(scenes, unregistered)``; ``scene.image_index`` lists the input indices of the
+        scene's views (scene view k = input image ``image_index[k]``).
+    """
+    if isolated not in ISOLATED_MODES:
+        raise ConfigError(f"isolated={isolated!r}: must be one of {', '.join(ISOLATED_MODES)}")
+    cfg = (config or AlignConfig()).replace(**overrides) if overrides else (config or AlignConfig())
+    with _torch_threads(1):
+        return _align_components(predictions, cfg, images, image_paths, n_images, link, isolated,
+                                 known_intrinsics, known_poses)
+
+
+def _align_components(predictions: Sequence[PairPrediction], cfg: AlignConfig, images: Sequence[np.ndarray] | None,
+                      image_paths: Sequence[str] | None, n_images: int | None, link: str, isolated: str,
+                      known_intrinsics: Any, known_poses: Any) -> ComponentResult:
+    """:func:`align_components` with a resolved config."""
+    split = split_components(predictions, n_images, link=link, matching_conf_thr=cfg.matching_conf_thr)
+    n = split.n_images
+    if images is not None and len(images) != n:
+        raise InputError(f"{len(images)} images given for {n} views")
+    if image_paths is not None and len(image_paths) != n:
+        raise InputError(f"{len(image_paths)} image paths given for {n} views")
+    names = list(image_paths) if image_paths is not None else [f"view_{k:03d}" for k in range(n)]
+    if not split.connected:
+        log.warning("the match graph splits into %d component(s) of >= 2 views %s and %d isolated image(s) %s",
+                    len(split.groups), [g.tolist() for g in split.groups], len(split.isolated), split.isolated)
+
+    scenes: list[Scene] = []
+    for k, group in enumerate(split.groups):
+        sub = subset_predictions(predictions, group)
+        log.info("component %d: %d views %s", k, len(group), group.tolist())
+        scene = _align(sub, cfg, images=_pick(images, group), image_paths=_pick(names, group),
+                       n_images=len(group), known_intrinsics=_pick_known(known_intrinsics, group),
+                       known_poses=_pick_known(known_poses, group))
+        scenes.append(dataclasses.replace(scene, image_index=np.asarray(group, dtype=np.int64)))
+    unregistered: list[int] = []
+    for idx in split.isolated:
+        # a single input image is reconstructed alone from its self-pair whatever ``isolated`` says
+        sp = self_pair(predictions, idx) if isolated == "self-pair" or n == 1 else None
+        if sp is None:
+            unregistered.append(idx)
+            continue
+        scene = _align([sp], cfg, images=_pick(images, [idx]), image_paths=[names[idx]], n_images=1,
+                       known_intrinsics=_pick_known(known_intrinsics, [idx]), known_poses=None)
+        scenes.append(dataclasses.replace(scene, image_index=np.asarray([idx], dtype=np.int64)))
+    if unregistered:
+        log.warning("unregistered image(s) (no match with any other image): %s",
+                    ", ".join(f"{k} ({names[k]})" for k in unregistered))
+    return ComponentResult(scenes=scenes, unregistered=unregistered)
+
+
+def _pick_known(known: Any, idx: Sequence[int]) -> Any:
+    """Known cameras (``{index: value}`` or an (N, ...) array) of images ``idx``, re-indexed ``0..len(idx)-1``."""
+    if known is None:
+        return None
+    if isinstance(known, Mapping):
+        picked = {pos: known[int(k)] for pos, k in enumerate(idx) if int(k) in known}
+        return picked or None
+    return np.asarray(known)[np.asarray(idx, dtype=np.int64)]
 
 
 @contextlib.contextmanager

@@ -1,18 +1,20 @@
-"""Disconnected views: split the match graph into components and align each one as its own :class:`Scene`.
+"""Disconnected views: the connected components of the match graph, and the predictions of one component.
 
-:func:`sparsega.alignment.api.align` needs one connected graph (it raises :class:`~sparsega.errors.GraphError` listing
-the groups otherwise). When photos come from several places, :func:`align_components` reconstructs every group of
-at least two views separately (largest first) and reports the images that link to nothing as unregistered, or,
-on request, reconstructs each of them alone from a self-pair (as the reference's single-image demo does).
+The one disconnected-graph policy (every entry point follows it; :func:`sparsega.alignment.api.align_components`
+implements it):
 
-What "linked" means (the graph the split is computed on):
-
-- ``link="matches"`` (default): a pair links its two images when it carries at least one usable match (finite
-  confidence > 0). A pair with zero usable matches does not link, even though :func:`~sparsega.alignment.api.align`
-  would still use it as weak (fallback-only) evidence inside one graph: with no match at all there is nothing that
-  ties the two cameras but the network's guess of an unseen view.
-- ``link="trusted"``: stricter; a pair links only when its best match confidence exceeds
-  ``config.matching_conf_thr`` (the pairs :func:`align` trusts for its matching losses).
+- a pair **links** its two images when it carries at least one usable match (finite confidence > 0). A pair with
+  no usable match does not link: nothing ties the two cameras but the network's guess of an unseen view. It still
+  adds its fallback loss between images that are linked otherwise. The kinematic tree of
+  :func:`~sparsega.alignment.api.align` is built on the same links (``link="trusted"`` here is a stricter split:
+  only pairs whose best match confidence exceeds ``matching_conf_thr``);
+- a disconnected graph is aligned component by component: every group of at least two views is its own
+  :class:`Scene` (largest first, ``scene.image_index`` = its images' input indices) and the images linked to
+  nothing are reported as unregistered (or, on request, reconstructed alone from a self-pair);
+- ``align`` / ``reconstruct`` return a single Scene and raise :class:`~sparsega.errors.GraphError` naming the
+  groups when the graph splits, unless called with ``components=True`` (then always a :class:`ComponentResult`);
+  every CLI command uses ``components=True`` and writes one folder, or ``OUT/component_k/`` per component with a
+  top-level report listing them and the unregistered images.
 
 Inside a component, every prediction between its images is kept (untrusted and zero-match pairs included, for the
 fallback loss); predictions between components are dropped.
@@ -23,14 +25,14 @@ from __future__ import annotations
 import dataclasses
 import logging
 from dataclasses import dataclass, field
-from typing import Any, Literal, NamedTuple, Sequence
+from typing import Literal, NamedTuple, Sequence
 
 import numpy as np
 
 from ..errors import ConfigError, InputError
 from .kinematic import connected_components
 from ..scene import Scene
-from ..types import AlignConfig, PairPrediction
+from ..types import PairPrediction
 
 log = logging.getLogger(__name__)
 
@@ -54,11 +56,16 @@ class ComponentSplit:
 
 
 class ComponentResult(NamedTuple):
-    """Result of :func:`align_components`: one Scene per reconstructed component (largest first; each has
-    ``info["component_images"]`` = original image indices) and the original indices of unregistered images."""
+    """Result of :func:`~sparsega.alignment.api.align_components`: one Scene per reconstructed component (largest
+    first; ``scene.image_index`` = its views' input indices) and the input indices of unregistered images."""
 
     scenes: list[Scene]
     unregistered: list[int]
+
+    @property
+    def connected(self) -> bool:
+        """True when every image is in the one scene."""
+        return len(self.scenes) == 1 and not self.unregistered
 
 
 def _pair_links(p: PairPrediction, link: str, thr: float) -> bool:
@@ -127,67 +134,5 @@ def self_pair(predictions: Sequence[PairPrediction], index: int) -> PairPredicti
     return None
 
 
-def _pick(seq: Sequence[Any] | None, idx: Sequence[int]) -> list[Any] | None:
-    return None if seq is None else [seq[int(k)] for k in idx]
-
-
-def align_components(predictions: Sequence[PairPrediction], config: AlignConfig | None = None, *,
-                     images: Sequence[np.ndarray] | None = None, image_paths: Sequence[str] | None = None,
-                     n_images: int | None = None, link: Literal["matches", "trusted"] = "matches",
-                     isolated: Literal["unregistered", "self-pair"] = "unregistered",
-                     **overrides: Any) -> ComponentResult:
-    """Align each connected component of the match graph as its own :class:`Scene`.
-
-    Args:
-        predictions, config, images, image_paths, n_images, overrides: as :func:`sparsega.alignment.api.align`
-            (``images`` / ``image_paths`` indexed by ORIGINAL image index).
-        link: which pairs link two images (module docstring).
-        isolated: ``"unregistered"`` (default) lists images linked to nothing in ``unregistered``;
-            ``"self-pair"`` reconstructs each alone from its own-frame pointmap (a one-view Scene, identity pose),
-            placed after the multi-view scenes; images in no prediction at all stay unregistered.
-
-    Returns:
-        :class:`ComponentResult` ``(scenes, unregistered)``; ``scene.info["component_images"]`` lists the original
-        indices of the scene's views (scene view k = original image ``component_images[k]``).
-    """
-    from .api import align
-
-    if isolated not in ISOLATED_MODES:
-        raise ConfigError(f"isolated={isolated!r}: must be one of {', '.join(ISOLATED_MODES)}")
-    cfg = (config or AlignConfig()).replace(**overrides) if overrides else (config or AlignConfig())
-    split = split_components(predictions, n_images, link=link, matching_conf_thr=cfg.matching_conf_thr)
-    n = split.n_images
-    if images is not None and len(images) != n:
-        raise InputError(f"{len(images)} images given for {n} views")
-    if image_paths is not None and len(image_paths) != n:
-        raise InputError(f"{len(image_paths)} image paths given for {n} views")
-    names = list(image_paths) if image_paths is not None else [f"view_{k:03d}" for k in range(n)]
-    if not split.connected:
-        log.warning("the match graph splits into %d component(s) of >= 2 views %s and %d isolated image(s) %s",
-                    len(split.groups), [g.tolist() for g in split.groups], len(split.isolated), split.isolated)
-
-    scenes: list[Scene] = []
-    for k, group in enumerate(split.groups):
-        sub = subset_predictions(predictions, group)
-        log.info("component %d: %d views %s", k, len(group), group.tolist())
-        scene = align(sub, cfg, images=_pick(images, group), image_paths=_pick(names, group),
-                      n_images=len(group))
-        scene.info["component_images"] = [int(x) for x in group]
-        scenes.append(scene)
-    unregistered: list[int] = []
-    for idx in split.isolated:
-        sp = self_pair(predictions, idx) if isolated == "self-pair" else None
-        if sp is None:
-            unregistered.append(idx)
-            continue
-        scene = align([sp], cfg, images=_pick(images, [idx]), image_paths=[names[idx]], n_images=1)
-        scene.info["component_images"] = [idx]
-        scenes.append(scene)
-    if unregistered:
-        log.warning("unregistered image(s) (no match with any other image): %s",
-                    ", ".join(f"{k} ({names[k]})" for k in unregistered))
-    return ComponentResult(scenes=scenes, unregistered=unregistered)
-
-
 __all__ = ["ComponentSplit", "ComponentResult", "split_components", "subset_predictions", "self_pair",
-           "align_components", "LINK_MODES", "ISOLATED_MODES"]
+           "LINK_MODES", "ISOLATED_MODES"]

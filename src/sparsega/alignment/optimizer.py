@@ -26,8 +26,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from typing import Callable
 
 import numpy as np
 import torch
@@ -318,7 +317,7 @@ class SparseAligner:
 
     def run_stage(self, stage: int) -> StageResult:
         """Run stage 1 (3D matching; poses + scales) or 2 (2D reprojection; + intrinsics, depths)."""
-        cfg, p = self.cfg, self.p
+        cfg = self.cfg
         if stage == 1:
             names, niter = ["quats", "trans", "log_sizes"], cfg.niter1
             lr_base = (cfg.lr1_procrustes or cfg.lr1) if self.warm_start else cfg.lr1

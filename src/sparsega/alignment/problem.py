@@ -23,7 +23,6 @@ log = logging.getLogger(__name__)
 
 Tensor = torch.Tensor
 
-ZERO_MATCH_SCORE = 0.5
 
 
 
@@ -341,8 +340,9 @@ def build_problem(predictions: Sequence[PairPrediction], config: AlignConfig, n_
     for k, p in enumerate(meta):
         if p.i == p.j:
             continue
-        cnt = float(counts[k])
-        scores[p.i, p.j] = scores[p.j, p.i] = cnt if cnt > 0 else ZERO_MATCH_SCORE
+        # a pair links two images only through usable matches (sparsega.alignment.components): a pair with none
+        # adds its fallback loss but no tree edge
+        scores[p.i, p.j] = scores[p.j, p.i] = float(counts[k])
     imsizes_wh = np.array([(shapes[k][1], shapes[k][0]) for k in range(n)], dtype=np.int64)
     if n == 1:
         root, edges = 0, np.zeros((0, 2), dtype=np.int64)

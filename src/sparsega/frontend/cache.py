@@ -22,7 +22,6 @@ import logging
 import os
 import re
 import shutil
-import tempfile
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -33,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import CacheError
+from ..fsutil import TEMP_SUFFIX, atomic_write_bytes
 from ..types import PairPrediction
 
 logger = logging.getLogger(__name__)
@@ -41,7 +41,6 @@ FORMAT_VERSION = 1
 """Version of both ``meta.json`` and the entry files; bumped when either changes incompatibly."""
 
 ENTRY_SUFFIX = ".safetensors"
-TEMP_SUFFIX = ".tmp"
 META_FILE = "meta.json"
 STALE_TEMP_AGE_S = 3600.0
 """A temporary file older than this is the leftover of a crashed writer and may be removed."""
@@ -83,47 +82,6 @@ def _content_digest(arrays: Mapping[str, np.ndarray], meta_json: str) -> str:
         h.update(head)
         h.update(arr.tobytes(order="C"))
     return h.hexdigest()
-
-
-def _fsync_dir(path: Path) -> None:
-    """Make a rename durable (POSIX); silently skipped where directories cannot be opened (Windows)."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically: temp file in the same folder, fsync, ``os.replace``.
-
-    Raises :class:`CacheError` naming the file when the disk refuses (full, read-only, permissions).
-    """
-    path = Path(path)
-    tmp: str | None = None
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMP_SUFFIX, dir=path.parent)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        tmp = None
-        _fsync_dir(path.parent)
-    except OSError as exc:
-        raise CacheError(f"cannot write cache file {path}: {exc.strerror or exc}") from exc
-    finally:
-        if tmp is not None:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
 
 
 class ArrayStore:

@@ -307,4 +307,14 @@ def collect_image_paths(inputs: Sequence[str | os.PathLike[str]]) -> list[str]:
     return unique
 
 
-__all__ = ["LoadedImage", "load_image", "load_images", "collect_image_paths", "IMAGE_EXTENSIONS"]
+__all__ = ["LoadedImage", "load_image", "load_images", "collect_image_paths", "photo_frames", "IMAGE_EXTENSIONS"]
+
+
+def photo_frames(images: Sequence[LoadedImage]) -> dict[str, np.ndarray]:
+    """The Scene fields that tie network pixels to the photos: ``net_to_orig (N, 3, 3)`` float64 and
+    ``original_sizes (N, 2)`` int64 (W, H); pass them to :func:`dataclasses.replace` on a Scene."""
+    return {
+        "net_to_orig": np.stack([im.intrinsics_to_original(np.eye(3)) for im in images]),
+        "original_sizes": np.array([[int(im.original_size[0]), int(im.original_size[1])] for im in images],
+                                   dtype=np.int64).reshape(-1, 2),
+    }

@@ -287,7 +287,7 @@ def _torch_save_atomic(obj: Any, path: Path) -> None:
     """``torch.save`` to a temp file next to ``path``, then rename (no half-written file on a crash)."""
     import torch
 
-    from ..frontend.cache import atomic_write_bytes
+    from ..fsutil import atomic_write_bytes
 
     buf = io.BytesIO()
     torch.save(obj, buf)

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from .export import DEFAULT_MIN_CONF, _camera_colors, colorize_depth, frustum_points
+from .common import DEFAULT_MIN_CONF, camera_colors, colorize_depth, frustum_points
 from ..scene import Scene
 
 log = logging.getLogger(__name__)
@@ -139,7 +139,7 @@ def render_preview(scene: Scene, path: str | os.PathLike | None = None, width: i
     pts, cols = pts[ok], cols[ok]
     e1, e2, up = view_axes(scene)
     fr = frustum_points(scene)
-    cam_cols = _camera_colors(scene.n_images)
+    cam_cols = camera_colors(scene.n_images)
     half = width // 2
     ph = int(half * 0.75)
     top = _panel(pts, cols, fr, (e1, e2), -up, (half, ph), "from above", cam_cols)

@@ -12,7 +12,7 @@ import time
 import numpy as np
 
 from ..errors import InputError
-from .export import DEFAULT_MIN_CONF, frustum_points
+from .common import DEFAULT_MIN_CONF, frustum_points
 from ..scene import Scene
 
 log = logging.getLogger(__name__)

@@ -8,9 +8,9 @@
 from __future__ import annotations
 
 from .render import render_scene
-from .scenes import look_at, make_scene, scene_from_spec
+from .scenes import look_at, make_scene, scene_from_spec, write_truth
 from .simulate import LazyPredictions, SimConfig, simulate_predictions
 from .world import KINDS, Geometry, SceneSpec, SyntheticScene, base_focal
 
 __all__ = ["KINDS", "Geometry", "LazyPredictions", "SceneSpec", "SimConfig", "SyntheticScene", "base_focal",
-           "look_at", "make_scene", "render_scene", "scene_from_spec", "simulate_predictions"]
+           "look_at", "make_scene", "render_scene", "scene_from_spec", "simulate_predictions", "write_truth"]

@@ -4,7 +4,10 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
+import os
+from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
@@ -189,3 +192,19 @@ def scene_from_spec(spec: SceneSpec) -> SyntheticScene:
     intr[:, 2, 2] = 1.0
     return render_scene(geom, cams, intr, shapes, kind=spec.kind, spec=spec)
 
+
+
+def write_truth(scene: SyntheticScene, folder: str | os.PathLike, names: Sequence[str]) -> None:
+    """Write the scene's images as ``folder/images/<name>`` (PNG) and its cameras as ``folder/ground_truth.json``
+    (the ``cameras.json`` layout, with the scene extent), readable by
+    :func:`sparsega.io.camera_files.load_ground_truth`."""
+    from PIL import Image
+
+    folder = Path(folder)
+    (folder / "images").mkdir(parents=True, exist_ok=True)
+    for name, im in zip(names, scene.images):
+        Image.fromarray(np.asarray(im, np.uint8)).save(folder / "images" / name)
+    doc = {"extent": float(scene.extent), "images": [
+        {"name": n, "cam2w": np.asarray(c, np.float64).tolist(), "K": np.asarray(K, np.float64).tolist()}
+        for n, c, K in zip(names, scene.cam2w, scene.intrinsics)]}
+    (folder / "ground_truth.json").write_text(json.dumps(doc, indent=1))
