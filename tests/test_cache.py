@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import json
 import logging
 import os
@@ -141,8 +143,7 @@ def test_bad_values_refused(tmp_path: Path) -> None:
 def test_pair_prediction_round_trip(tmp_path: Path) -> None:
     store = ArrayStore(tmp_path, "pairs")
     for m, score in ((9, (1.2345678901234567, 17.25, 9)), (0, None)):
-        pred = _pred(m)
-        pred.score = score
+        pred = dataclasses.replace(_pred(m), score=score)
         save_pair(store, f"p{m}", pred)
         back = load_pair(store, f"p{m}", 4, 2)
         assert back is not None

@@ -179,10 +179,7 @@ def _orbit_preds():
 def _problem(dtype: torch.dtype) -> AlignProblem:
     _, preds = _orbit_preds()
     problem, _, _ = build_problem(preds, AlignConfig(), None)
-    for name, val in vars(problem).items():
-        if isinstance(val, torch.Tensor) and val.is_floating_point():
-            setattr(problem, name, val.to(dtype))
-    return problem
+    return problem.to(dtype)
 
 
 @pytest.mark.parametrize("impl", IMPL_PARAMS)
@@ -355,8 +352,7 @@ def test_fallback_kernel_matches_autograd(gamma):
     TwinLosses.loss_fallback under autograd, on a problem whose every pair falls back."""
     _, preds = _orbit_preds()
     problem, _, _ = build_problem(preds, AlignConfig(matching_conf_thr=1e9), None)
-    problem = AlignProblem(**{k: (v.double() if isinstance(v, torch.Tensor) and v.is_floating_point() else v)
-                              for k, v in vars(problem).items()})
+    problem = problem.to(torch.float64)
     assert problem.fb_conf.numel() > 1000
     al = SparseAligner(problem, AlignConfig(matching_conf_thr=1e9))
     g = torch.Generator().manual_seed(2)

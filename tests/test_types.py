@@ -35,8 +35,7 @@ def test_pair_prediction_swap_and_validate():
     s = p.swapped()
     assert (s.i, s.j, s.shape1, s.shape2) == (1, 0, (5, 7), (4, 6))
     s.validate()
-    bad = _pred()
-    bad.pts21 = np.zeros((4, 6, 3))
+    bad = dataclasses.replace(_pred(), pts21=np.zeros((4, 6, 3)))
     with pytest.raises(InputError, match="pts21"):
         bad.validate()
     out = _pred()

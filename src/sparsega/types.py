@@ -33,12 +33,12 @@ LR_SCHEDULES = ("cosine", "linear")
 DTYPES = ("float32", "float64")
 OPTIMIZERS = ("adam",)
 POSE_INITS = ("procrustes", "identity")
-# match-loss implementations: "kernel" = compiled numba pass (CPU), "fused" = torch with analytic backward (any
-# device), "autograd" = the plain reference twin; "auto" = kernel on CPU when numba imports, else fused
+# loss implementations: "kernel" = the compiled numba iteration (CPU), "autograd" = its plain torch twin (any
+# device); "auto" = kernel on CPU when the loss gammas have a compiled form, else autograd
 LOSS_BACKENDS = ("auto", "kernel", "autograd")
 
 
-@dataclass
+@dataclass(frozen=True)
 class PairPrediction:
     """Symmetric network prediction for one image pair ``(i, j)`` plus its matches.
 

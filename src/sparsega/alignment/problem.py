@@ -7,6 +7,7 @@ kinematic tree (:mod:`.kinematic`) is built over the match-count graph. Also the
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass, field
 from typing import Any, Sequence
@@ -26,7 +27,7 @@ Tensor = torch.Tensor
 
 
 
-@dataclass
+@dataclass(frozen=True)
 class AlignProblem:
     """Flat, vectorised description of an alignment problem (all torch tensors on the target device).
 
@@ -80,8 +81,14 @@ class AlignProblem:
     def n_matches(self) -> int:
         return int(self.m_conf.shape[0])
 
+    def to(self, dtype: torch.dtype) -> "AlignProblem":
+        """A copy with every floating-point tensor cast to ``dtype`` (index tensors unchanged)."""
+        cast = {f.name: getattr(self, f.name).to(dtype) for f in dataclasses.fields(self)
+                if isinstance(getattr(self, f.name), Tensor) and getattr(self, f.name).is_floating_point()}
+        return dataclasses.replace(self, **cast)
 
-@dataclass
+
+@dataclass(frozen=True)
 class StageResult:
     """Outcome of one optimisation stage."""
 
@@ -92,7 +99,7 @@ class StageResult:
     stopped_non_finite: bool = False
 
 
-@dataclass
+@dataclass(frozen=True)
 class OptimState:
     """Final optimised quantities (detached, on the optimiser's device).
 
@@ -107,7 +114,7 @@ class OptimState:
 
 
 
-@dataclass
+@dataclass(frozen=True)
 class CanonicalData:
     """What alignment keeps of one image after fusing its pointmaps (the full-resolution maps are dropped).
 
@@ -121,7 +128,7 @@ class CanonicalData:
     core_depth: np.ndarray
 
 
-@dataclass
+@dataclass(frozen=True)
 class _PairMeta:
     """The light part of a prediction, kept for the whole alignment (the pointmaps are re-loaded on demand)."""
 

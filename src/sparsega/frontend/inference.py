@@ -121,14 +121,11 @@ def predict_pair(
         xy1, xy2, mconf = match_pointmaps_3d(
             [res11["pts3d"], res21["pts3d"], res22["pts3d"], res12["pts3d"]],
             [res11["conf"], res21["conf"], res22["conf"], res12["conf"]], subsample=subsample)
-    pred = PairPrediction(
-        i=int(i), j=int(j),
-        pts11=_np(res11["pts3d"]), conf11=_np(res11["conf"]), pts21=_np(res21["pts3d"]), conf21=_np(res21["conf"]),
-        pts22=_np(res22["pts3d"]), conf22=_np(res22["conf"]), pts12=_np(res12["pts3d"]), conf12=_np(res12["conf"]),
-        xy1=xy1, xy2=xy2, match_conf=mconf,
-    )
+    maps = {f"{k}{ab}": _np(res[k2]) for ab, res in (("11", res11), ("21", res21), ("22", res22), ("12", res12))
+            for k, k2 in (("pts", "pts3d"), ("conf", "conf"))}
+    score = pair_score(maps["conf11"], maps["conf21"], maps["conf22"], maps["conf12"], mconf)
+    pred = PairPrediction(i=int(i), j=int(j), xy1=xy1, xy2=xy2, match_conf=mconf, score=score, **maps)
     _check_finite(pred)
-    pred.score = pair_score(pred.conf11, pred.conf21, pred.conf22, pred.conf12, pred.match_conf)
     return pred
 
 

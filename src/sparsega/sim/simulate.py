@@ -105,7 +105,7 @@ class SimConfig:
         return dataclasses.replace(self, **overrides)
 
 
-@dataclass
+@dataclass(frozen=True)
 class _ViewCache:
     """Per-view truth reused by every pair: camera-frame points, depth, grid seeds, distortion basis."""
 
