@@ -85,13 +85,16 @@ def test_ray_equals_local_bit_for_bit(ray_cluster: object, images: list[LoadedIm
 
 
 def test_killed_worker_loses_nothing(ray_cluster: object, net: MASt3RNet, images: list[LoadedImage],
-                                     local: list[PairPrediction], tmp_path: Path) -> None:
+                                     local: list[PairPrediction], tmp_path: Path, monkeypatch) -> None:
+    from sparsega.frontend import distributed
+
     marker = tmp_path / "crashed"
+    monkeypatch.setattr(distributed._fault_injection, "crash_after", (str(marker), 1))
     cache = tmp_path / "c"
     stats: dict = {}
     # the first worker process to save a pair exits hard right after (the marker lists what it had saved)
     preds = run_pairs_ray(CKPT, images, make_pairs(3, "complete"), cache_dir=cache, num_workers=2,
-                          progress=False, stats=stats, crash_after=(str(marker), 1))
+                          progress=False, stats=stats)
     assert marker.is_file(), "the fault was not injected"
     _assert_identical(local, preds)
     saved_before_crash = marker.read_text().split()

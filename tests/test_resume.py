@@ -21,15 +21,6 @@ from PIL import Image
 
 from sparsega.frontend.cache import ENTRY_SUFFIX, TEMP_SUFFIX
 
-try:
-    import sparsega.pipeline  # noqa: F401
-
-    _HAVE_PIPELINE = True
-except ImportError:  # pragma: no cover - written by another change
-    _HAVE_PIPELINE = False
-# expected failures (not run) while the pipeline module is missing; they run as soon as it exists
-pytestmark = pytest.mark.xfail(not _HAVE_PIPELINE, reason="sparsega.pipeline not written yet", run=False)
-
 CKPT = Path(__file__).parent / "data" / "golden" / "model_tiny_a.pth"
 N_IMAGES = 5  # complete graph: 10 pairs
 SIZE_ARGS = ["--image-size", "64"]

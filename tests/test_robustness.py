@@ -34,13 +34,6 @@ GOLDEN = Path(__file__).parent / "data" / "golden"
 CKPT = GOLDEN / "model_tiny_a.pth"
 CFG = AlignConfig(niter1=40, niter2=40, progress=False)
 
-try:
-    import sparsega.pipeline as _pipeline  # noqa: F401
-
-    HAVE_PIPELINE = True
-except ImportError:  # pragma: no cover - written by another change
-    HAVE_PIPELINE = False
-needs_pipeline = pytest.mark.skipif(not HAVE_PIPELINE, reason="sparsega.pipeline not available")
 
 
 # ---------------------------------------------------------------------------------------------- helpers
@@ -392,7 +385,6 @@ def test_pickle_in_saved_scene_is_never_executed(tmp_path, capsys):
 # ------------------------------------------------------------- through the network (needs sparsega.pipeline)
 # These run the whole `reconstruct` command on the tiny random-weight checkpoint with 64-pixel images. They are
 # expected failures (not run) while the pipeline module is missing, and run as soon as it exists.
-pipeline_cases = pytest.mark.xfail(not HAVE_PIPELINE, reason="sparsega.pipeline not written yet", run=False)
 E2E = ["-c", str(CKPT), "--image-size", "64", "--niter1", "10", "--niter2", "10", "--quiet"]
 
 
@@ -403,7 +395,6 @@ def _png(path: Path, arr: np.ndarray, mode: str | None = None) -> str:
     return str(path)
 
 
-@pipeline_cases
 @pytest.mark.parametrize("name", ["text.png", "trunc.jpg", "zero.jpg", "tiny.png", "trunc.pth", "not_a_ckpt.pth",
                                   "missing_keys.pth"])
 def test_bad_file_through_reconstruct(capsys, files, tmp_path, name):
@@ -418,7 +409,6 @@ def test_bad_file_through_reconstruct(capsys, files, tmp_path, name):
     assert not out.exists()
 
 
-@pipeline_cases
 def test_16bit_gray_rgba_mixed_orientation_and_duplicates_work(capsys, tmp_path):
     """16-bit, grayscale and RGBA files are converted; landscape and portrait mix; a path given twice is used
     once with a warning."""
@@ -438,7 +428,6 @@ def test_16bit_gray_rgba_mixed_orientation_and_duplicates_work(capsys, tmp_path)
     assert [(c["width"], c["height"]) for c in cams] == [(64, 48), (64, 48), (64, 48), (48, 64)]
 
 
-@pipeline_cases
 def test_single_image_is_paired_with_itself(capsys, files, tmp_path):
     out = tmp_path / "out"
     rc, _, err = _main(capsys, "reconstruct", files / "a.jpg", "-o", out, *E2E)
@@ -447,7 +436,6 @@ def test_single_image_is_paired_with_itself(capsys, files, tmp_path):
     assert report["counts"]["n_images"] == 1
 
 
-@pipeline_cases
 def test_same_content_under_two_names_works(capsys, files, tmp_path):
     import shutil
 
@@ -458,7 +446,6 @@ def test_same_content_under_two_names_works(capsys, files, tmp_path):
     assert rc == 0, err
 
 
-@pipeline_cases
 def test_dust3r_checkpoint_works_or_is_a_clear_error(capsys, files, tmp_path):
     """DUSt3R has no descriptors: the pipeline either matches in 3D (works) or says so in one line."""
     out = tmp_path / "out"

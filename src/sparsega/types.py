@@ -31,7 +31,6 @@ KINEMATIC_MODES = (
 )
 LR_SCHEDULES = ("cosine", "linear")
 DTYPES = ("float32", "float64")
-OPTIMIZERS = ("adam",)
 POSE_INITS = ("procrustes", "identity")
 # loss implementations: "kernel" = the compiled numba iteration (CPU), "autograd" = its plain torch twin (any
 # device); "auto" = kernel on CPU when the loss gammas have a compiled form, else autograd
@@ -156,7 +155,6 @@ class AlignConfig:
     clean_depth: bool = True
     device: str = "cpu"
     dtype: str = "float32"
-    optimizer: str = "adam"
     pose_init: str = "procrustes"
     loss_backend: str = "auto"
     # known cameras (see sparsega.align): None = "True when given"
@@ -202,7 +200,6 @@ class AlignConfig:
             "kinematic_mode": KINEMATIC_MODES,
             "lr_schedule": LR_SCHEDULES,
             "dtype": DTYPES,
-            "optimizer": OPTIMIZERS,
             "pose_init": POSE_INITS,
             "loss_backend": LOSS_BACKENDS,
         }

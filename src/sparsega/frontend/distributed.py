@@ -217,6 +217,16 @@ def _check_int(name: str, value: Any, low: int) -> int:
     return int(value)
 
 
+class _FaultInjection:
+    """Test-only hook, never set by library code: ``crash_after = (marker_path, n)`` makes the first worker process
+    to save its n-th pair exit hard (see :class:`PairWorker`). Set it with ``monkeypatch``."""
+
+    crash_after: tuple[str, int] | None = None
+
+
+_fault_injection = _FaultInjection()
+
+
 def run_pairs_ray(
     checkpoint_path: str | os.PathLike[str],
     images: Sequence[str | os.PathLike[str]] | Sequence[LoadedImage],
@@ -234,7 +244,6 @@ def run_pairs_ray(
     threads: int | None = None,
     progress: bool = True,
     stats: dict[str, Any] | None = None,
-    crash_after: tuple[str, int] | None = None,
 ) -> list[PairPrediction]:
     """Network predictions + matches for the pairs of a scene graph, computed by Ray workers.
 
@@ -254,7 +263,6 @@ def run_pairs_ray(
             when workers share a machine, at the price of last-bit differences from a multi-threaded local run.
         stats: receives ``n_pairs``, ``cache_hits``, ``computed``, ``encoded`` (summed over workers),
             ``groups`` (pairs per worker group), ``written`` (entries written).
-        crash_after: test hook, see :class:`PairWorker`.
 
     Raises:
         ConfigError: Ray is not installed; bad options; no cache folder with a remote cluster.
@@ -293,7 +301,8 @@ def run_pairs_ray(
         if device.startswith("cuda"):
             opts["num_gpus"] = 1
         actor_cls = ray.remote(**opts)(PairWorker)
-        actors += [actor_cls.remote(str(ckpt.resolve()), device, threads, crash_after) for _ in range(num_workers)]
+        actors += [actor_cls.remote(str(ckpt.resolve()), device, threads, _fault_injection.crash_after)
+                   for _ in range(num_workers)]
         try:
             identity = ray.get(actors[0].identity.remote())
         except ray.exceptions.RayError as exc:

@@ -18,10 +18,8 @@ Pixel coordinates are (x, y) = (column, row); flat indices are y * W + x.
 
 from __future__ import annotations
 
-import contextlib
 import logging
-from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -74,21 +72,6 @@ def _seeds(h: int, w: int, subsample: int) -> np.ndarray:
     return (ys[:, None] * w + xs[None, :]).ravel()
 
 
-@contextlib.contextmanager
-def _single_threaded_ops() -> Iterator[None]:
-    """Run torch ops single-threaded inside (restored after): the caller parallelises over Python threads instead.
-
-    Small tiles split across OpenMP threads wait on each other at every op; on a busy machine that costs more than
-    it gains (measured 4x slower), whereas independent Python threads (torch releases the GIL) degrade gracefully.
-    """
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(n)
-
-
 def _dot_nn(db: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
     """Nearest neighbour by maximal dot product in `db` (N, D), for (Q, D) queries; ties go to the lowest index.
 
@@ -96,8 +79,9 @@ def _dot_nn(db: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
     the cache between the matrix product and the row maxima, ~3.5x faster than large blocks whose similarities
     round-trip through memory (the product has depth D = 24 only, so memory traffic dominates). Each tile's row
     maxima go into a (n_tiles, q_tile) table; the argmax over tiles takes the first (lowest) tile on ties, and
-    ``max`` within a tile returns the first maximal index, so ties resolve to the lowest index overall. On CPU the
-    query tiles are spread over ``torch.get_num_threads()`` Python threads, each running single-threaded ops.
+    ``max`` within a tile returns the first maximal index, so ties resolve to the lowest index overall. The tiles
+    run in the caller's thread (torch's own threads inside each op): the process-wide thread count is never
+    changed here; parallelism across pairs belongs to the caller.
     """
     n = db.shape[0]
     db_t = db.T.contiguous()  # (D, N): column blocks for torch.mm
@@ -130,15 +114,7 @@ def _dot_nn(db: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
         elems = _BLOCK_ELEMS if on_cpu else _BLOCK_ELEMS * 32
         qt = max(1, min(n_q, _Q_TILE if on_cpu else 4096, elems))
         d_tile = min(n, max(1, elems // qt))
-        n_workers = min(torch.get_num_threads(), -(-n_q // qt)) if on_cpu else 1
-        if n_workers <= 1:
-            return nn_tiles(q, qt, d_tile)
-        # contiguous chunks of whole query tiles, one per worker
-        per = -(-(-(-n_q // qt)) // n_workers) * qt
-        chunks = [q[c:c + per] for c in range(0, n_q, per)]
-        with _single_threaded_ops(), ThreadPoolExecutor(len(chunks)) as pool:
-            parts = list(pool.map(lambda c: nn_tiles(c, qt, d_tile), chunks))
-        return torch.cat(parts)
+        return nn_tiles(q, qt, d_tile)
 
     return query
 
