@@ -166,3 +166,75 @@ def test_align_cache_writes_one_folder_per_component(two_scenes, tmp_path, capsy
 
     got = Scene.load(out / "component_1" / "scene")
     np.testing.assert_allclose(got.cam2w, align(two_scenes["b"], CFG).cam2w, atol=1e-6)
+
+
+# ------------------------------------------------------------------------------- one policy, every entry point
+EXPECTED = ([[0, 1, 2, 3], [4, 5, 6]], [7])
+
+
+def _files(two_scenes, folder):
+    from PIL import Image
+
+    folder.mkdir(exist_ok=True)
+    paths = []
+    for k, im in enumerate(two_scenes["images"]):
+        p = folder / f"im{k}.png"
+        Image.fromarray(np.asarray(im, np.uint8)).save(p)
+        paths.append(str(p))
+    return paths
+
+
+def _from_report(out, paths):
+    import json
+
+    report = json.loads((out / "report.json").read_text())
+    return [c["image_indices"] for c in report["components"]], [paths.index(u) for u in report["unregistered"]]
+
+
+@pytest.mark.parametrize("entry", ["align", "reconstruct", "cli-demo", "cli-reconstruct", "cli-align-cache"])
+def test_disconnected_graph_same_outcome_everywhere(entry, two_scenes, tmp_path, monkeypatch, capsys):
+    """The same split predictions through the API and every CLI command: the same components (input indices) and
+    the same unregistered image; without ``components=True`` the API refuses with a GraphError naming the fix."""
+    from conftest import GOLDEN
+    from sparsega import cli
+    from sparsega.frontend import inference
+    from sparsega.pipeline import reconstruct
+
+    preds = two_scenes["preds"]
+    ckpt = str(GOLDEN / "model_tiny_a.pth")
+    monkeypatch.setattr(inference, "run_pairs", lambda *a, **k: list(preds))  # the network, replaced
+    out = tmp_path / "out"
+    fast = ["--niter1", "40", "--niter2", "40", "--quiet"]
+    if entry == "align":
+        res = align(preds, CFG, components=True)
+        assert ([s.image_index.tolist() for s in res.scenes], res.unregistered) == EXPECTED
+        with pytest.raises(GraphError, match="components=True"):
+            align(preds, CFG)
+        return
+    paths = _files(two_scenes, tmp_path / "img")
+    if entry == "reconstruct":
+        res = reconstruct(paths, ckpt, "complete", size=64, components=True, config=CFG, progress=False)
+        assert ([s.image_index.tolist() for s in res.scenes], res.unregistered) == EXPECTED
+        assert [s.image_paths for s in res.scenes] == [paths[:4], paths[4:7]]
+        assert res.scenes[1].original_sizes.tolist() == [[W, H]] * 3
+        with pytest.raises(GraphError, match="components=True"):
+            reconstruct(paths, ckpt, "complete", size=64, config=CFG, progress=False)
+        return
+    if entry == "cli-demo":
+        monkeypatch.setattr(sim, "simulate_predictions", lambda *a, **k: list(preds))
+        argv = ["demo", "--n-views", "8", "--height", str(H), "--width", str(W), "-o", str(out), *fast]
+        paths = [str(out.resolve() / "images" / f"view_{k:03d}.png") for k in range(8)]
+    elif entry == "cli-reconstruct":
+        argv = ["reconstruct", *paths, "-c", ckpt, "--image-size", "64", "--scene-graph", "complete", "-o",
+                str(out), *fast]
+    else:
+        from sparsega.interop import write_mast3r_cache
+
+        write_mast3r_cache(tmp_path / "cache", paths, preds)
+        argv = ["align-cache", str(tmp_path / "cache"), "--images", *paths, "--image-size", "64", "-o", str(out),
+                *fast]
+    rc = cli.main(argv)
+    assert rc == 0, capsys.readouterr().err
+    assert _from_report(out, paths) == EXPECTED
+    assert sorted(p.name for p in out.iterdir() if p.name.startswith("component_")) == ["component_0",
+                                                                                         "component_1"]
