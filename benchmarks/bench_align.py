@@ -25,18 +25,25 @@ def run_one(args: argparse.Namespace, n: int) -> dict:
     import torch
 
     torch.set_num_threads(args.threads)
-    from sparsega import align, metrics
-    from sparsega import sim
+    from sparsega import align, metrics, sim
     from sparsega.frontend.pairs import make_pairs, unique_pairs
 
-    h, w = (args.size if n <= args.big_n else args.size_big)
+    h, w = args.size if n <= args.big_n else args.size_big
     t0 = time.perf_counter()
     sc = sim.make_scene(args.kind, n_views=n, height=h, width=w, seed=args.seed)
     preds = sim.simulate_predictions(sc, unique_pairs(make_pairs(n, args.graph)), seed=args.seed)
     t_sim = time.perf_counter() - t0
     t0 = time.perf_counter()
-    scene = align(preds, progress=False, niter1=args.niter[0], niter2=args.niter[1], clean_depth=False,
-                  pose_init=args.pose_init, loss_backend=args.backend, threads=args.threads)
+    scene = align(
+        preds,
+        progress=False,
+        niter1=args.niter[0],
+        niter2=args.niter[1],
+        clean_depth=False,
+        pose_init=args.pose_init,
+        loss_backend=args.backend,
+        threads=args.threads,
+    )
     wall = time.perf_counter() - t0
     m = metrics.camera_metrics(scene.cam2w.astype(np.float64), sc.cam2w, scene.focals, sc.focals, sc.extent)
     tim = scene.info["timings_s"]
@@ -45,16 +52,28 @@ def run_one(args: argparse.Namespace, n: int) -> dict:
     stage_times = {k: round(v, 3) for k, v in tim.items()}
     opt_s = tim["stage 1 (3D)"] + tim.get("stage 2 (2D)", 0.0)
     return {
-        "n_views": n, "image_hw": [h, w], "n_pairs": st["n_pairs"], "n_matches": st["n_matches"],
-        "n_anchors": st["n_anchors"], "simulate_s": round(t_sim, 2), "wall_s": round(wall, 3),
-        "stage_s": stage_times, "iterations": iters, "ms_per_iter": round(1000 * opt_s / max(iters, 1), 3),
+        "n_views": n,
+        "image_hw": [h, w],
+        "n_pairs": st["n_pairs"],
+        "n_matches": st["n_matches"],
+        "n_anchors": st["n_anchors"],
+        "simulate_s": round(t_sim, 2),
+        "wall_s": round(wall, 3),
+        "stage_s": stage_times,
+        "iterations": iters,
+        "ms_per_iter": round(1000 * opt_s / max(iters, 1), 3),
         "ms_per_iter_stage1": round(1000 * tim["stage 1 (3D)"] / max(args.niter[0], 1), 3),
         "ms_per_iter_stage2": round(1000 * tim.get("stage 2 (2D)", 0.0) / max(args.niter[1], 1), 3),
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-        "rot_err_med": round(float(m["rot_err_med"]), 4), "ate_rel": round(float(m["ate_rel"]), 5),
-        "rra5": round(float(m["rra5"]), 4), "rta5": round(float(m["rta5"]), 4),
-        "focal_err_med": round(float(m["focal_err_med"]), 5), "threads": args.threads,
-        "optimizer": "adam", "pose_init": args.pose_init, "loss_backend": args.backend,
+        "rot_err_med": round(float(m["rot_err_med"]), 4),
+        "ate_rel": round(float(m["ate_rel"]), 5),
+        "rra5": round(float(m["rra5"]), 4),
+        "rta5": round(float(m["rta5"]), 4),
+        "focal_err_med": round(float(m["focal_err_med"]), 5),
+        "threads": args.threads,
+        "optimizer": "adam",
+        "pose_init": args.pose_init,
+        "loss_backend": args.backend,
     }
 
 
@@ -65,13 +84,22 @@ def main() -> None:
     ap.add_argument("--graph", default="swin-5")
     ap.add_argument("--niter", type=int, nargs=2, default=[300, 300])
     ap.add_argument("--size", type=int, nargs=2, default=[384, 512], help="H W for N <= --big-n (network size)")
-    ap.add_argument("--size-big", type=int, nargs=2, default=[384, 512],
-                    help="H W above --big-n (default: the network size too; smaller only when asked)")
+    ap.add_argument(
+        "--size-big",
+        type=int,
+        nargs=2,
+        default=[384, 512],
+        help="H W above --big-n (default: the network size too; smaller only when asked)",
+    )
     ap.add_argument("--big-n", type=int, default=128)
     ap.add_argument("--pose-init", default="procrustes", choices=["procrustes", "identity"])
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--backend", default="auto", choices=["auto", "kernel", "autograd"],
-                    help="match-loss implementation (AlignConfig.loss_backend)")
+    ap.add_argument(
+        "--backend",
+        default="auto",
+        choices=["auto", "kernel", "autograd"],
+        help="match-loss implementation (AlignConfig.loss_backend)",
+    )
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--_one", type=int, help=argparse.SUPPRESS)
@@ -101,16 +129,32 @@ def main() -> None:
         return
     machine = f"{platform.machine()} {platform.processor() or ''} {os.cpu_count()} cores, {args.threads} thread(s)"
     print(f"# sparsega bench_align — {args.kind}, {args.graph}, niter {args.niter}, {machine}")
-    hdr = ("N", "HxW", "pairs", "matches", "prep s", "stage1 s", "stage2 s", "wall s", "ms/it", "RSS MB",
-           "rot med", "ATE %", "RRA@5", "focal %")
+    hdr = (
+        "N",
+        "HxW",
+        "pairs",
+        "matches",
+        "prep s",
+        "stage1 s",
+        "stage2 s",
+        "wall s",
+        "ms/it",
+        "RSS MB",
+        "rot med",
+        "ATE %",
+        "RRA@5",
+        "focal %",
+    )
     print("| " + " | ".join(hdr) + " |")
     print("|" + "---|" * len(hdr))
     for r in rows:
         st = r["stage_s"]
-        print(f"| {r['n_views']} | {r['image_hw'][0]}x{r['image_hw'][1]} | {r['n_pairs']} | {r['n_matches']} | "
-              f"{st['prepare']:.2f} | {st['stage 1 (3D)']:.2f} | {st.get('stage 2 (2D)', 0):.2f} | {r['wall_s']:.1f} | "
-              f"{r['ms_per_iter']:.2f} | {r['peak_rss_mb']:.0f} | {r['rot_err_med']:.3f} | {100 * r['ate_rel']:.2f} | "
-              f"{100 * r['rra5']:.0f} | {100 * r['focal_err_med']:.2f} |")
+        print(
+            f"| {r['n_views']} | {r['image_hw'][0]}x{r['image_hw'][1]} | {r['n_pairs']} | {r['n_matches']} | "
+            f"{st['prepare']:.2f} | {st['stage 1 (3D)']:.2f} | {st.get('stage 2 (2D)', 0):.2f} | {r['wall_s']:.1f} | "
+            f"{r['ms_per_iter']:.2f} | {r['peak_rss_mb']:.0f} | {r['rot_err_med']:.3f} | {100 * r['ate_rel']:.2f} | "
+            f"{100 * r['rra5']:.0f} | {100 * r['focal_err_med']:.2f} |"
+        )
     if len(rows) >= 2:
         import numpy as np
 

@@ -70,15 +70,24 @@ def main() -> None:
             for p in procs:
                 p.kill()
                 p.wait()
-        rows.append({"threads": th, "quiet_wall_s": round(quiet, 3), "busy_wall_s": round(loaded, 3),
-                     "ratio": round(loaded / quiet, 3), "busy_processes": args.busy,
-                     "torch_threads": torch.get_num_threads()})
+        rows.append(
+            {
+                "threads": th,
+                "quiet_wall_s": round(quiet, 3),
+                "busy_wall_s": round(loaded, 3),
+                "ratio": round(loaded / quiet, 3),
+                "busy_processes": args.busy,
+                "torch_threads": torch.get_num_threads(),
+            }
+        )
     if args.json:
         for r in rows:
             print(json.dumps(r))
         return
-    print(f"# bench_busy: {args.kind} {args.n} {args.graph} {h}x{w}, {platform.machine()} {os.cpu_count()} cores, "
-          f"{args.busy} busy process(es), median of {args.repeats}")
+    print(
+        f"# bench_busy: {args.kind} {args.n} {args.graph} {h}x{w}, {platform.machine()} {os.cpu_count()} cores, "
+        f"{args.busy} busy process(es), median of {args.repeats}"
+    )
     print("| kernel threads | quiet wall s | beside busy s | ratio |")
     print("|---|---|---|---|")
     for r in rows:

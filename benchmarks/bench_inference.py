@@ -9,7 +9,8 @@ The network is the official ViT-Large MASt3R configuration built from its constr
 (timing does not depend on the weights; no checkpoint file needed). Both ways run in the same process on the same
 pairs:
 
-- ``ours``: :func:`sparsega.frontend.inference.run_pairs`: each image encoded once, both directions of a pair (and several
+- ``ours``: :func:`sparsega.frontend.inference.run_pairs`: each image encoded once, both directions of a pair (and
+  several
   pairs of equal shapes) per decoder call;
 - ``baseline``: the reference's way: ``symmetric_inference`` per pair, which encodes both images again for every pair.
 
@@ -36,10 +37,10 @@ VITL_MAST3R = (
     "head_type='catmlp+dpt', output_mode='pts3d+desc24', depth_mode=('exp', -inf, inf), conf_mode=('exp', 1, inf), "
     "desc_mode=('norm'), two_confs=True, desc_conf_mode=('exp', 0, inf))"
 )
-TINY_MAST3R = VITL_MAST3R.replace("enc_depth=24, dec_depth=12, enc_embed_dim=1024, dec_embed_dim=768, "
-                                  "enc_num_heads=16, dec_num_heads=12",
-                                  "enc_depth=2, dec_depth=10, enc_embed_dim=64, dec_embed_dim=48, "
-                                  "enc_num_heads=4, dec_num_heads=3")
+TINY_MAST3R = VITL_MAST3R.replace(
+    "enc_depth=24, dec_depth=12, enc_embed_dim=1024, dec_embed_dim=768, enc_num_heads=16, dec_num_heads=12",
+    "enc_depth=2, dec_depth=10, enc_embed_dim=64, dec_embed_dim=48, enc_num_heads=4, dec_num_heads=3",
+)
 
 
 def make_photos(folder: Path, n: int, width: int, height: int, seed: int) -> list[str]:
@@ -75,8 +76,9 @@ def run(args: argparse.Namespace) -> dict:
     net = build_net(TINY_MAST3R if args.tiny else VITL_MAST3R, device=args.device).eval().requires_grad_(False)
     t_build = time.perf_counter() - t0
     with tempfile.TemporaryDirectory() as tmp:
-        images = load_images(make_photos(Path(tmp), args.n_images, 2 * args.width, 2 * args.height, args.seed),
-                             size=args.width)
+        images = load_images(
+            make_photos(Path(tmp), args.n_images, 2 * args.width, 2 * args.height, args.seed), size=args.width
+        )
     shape = images[0].true_shape
     all_pairs = unique_pairs(make_pairs(args.n_images, args.scene_graph))
     pairs = all_pairs[: args.pairs] if args.pairs else all_pairs
@@ -100,8 +102,11 @@ def run(args: argparse.Namespace) -> dict:
                 torch.cuda.synchronize()
             base_net += time.perf_counter() - t0
             t0 = time.perf_counter()
-            extract_correspondences([r["desc"][0] for r in (r11, r21, r22, r12)],
-                                    [r["desc_conf"][0] for r in (r11, r21, r22, r12)], subsample=8)
+            extract_correspondences(
+                [r["desc"][0] for r in (r11, r21, r22, r12)],
+                [r["desc_conf"][0] for r in (r11, r21, r22, r12)],
+                subsample=8,
+            )
             base_match += time.perf_counter() - t0
 
     p = len(pairs)
@@ -109,10 +114,18 @@ def run(args: argparse.Namespace) -> dict:
     dec_per_pair = stats["decode_s"] / p
     n_all, p_all = args.n_images, len(all_pairs)
     out = {
-        "model": "tiny" if args.tiny else "ViT-L MASt3R (random weights)", "device": args.device,
-        "threads": args.threads, "cpu": platform.processor() or platform.machine(), "image_hw": list(shape),
-        "scene_graph": args.scene_graph, "n_images": args.n_images, "graph_pairs": p_all, "pairs_timed": p,
-        "images_encoded": stats["encoded"], "batch_size": args.batch_size, "build_s": round(t_build, 2),
+        "model": "tiny" if args.tiny else "ViT-L MASt3R (random weights)",
+        "device": args.device,
+        "threads": args.threads,
+        "cpu": platform.processor() or platform.machine(),
+        "image_hw": list(shape),
+        "scene_graph": args.scene_graph,
+        "n_images": args.n_images,
+        "graph_pairs": p_all,
+        "pairs_timed": p,
+        "images_encoded": stats["encoded"],
+        "batch_size": args.batch_size,
+        "build_s": round(t_build, 2),
         "ours_net_s_per_pair": round(ours_net / p, 3),
         "ours_total_s_per_pair": round(ours_total / p, 3),
         "encode_s_per_image": round(enc_per_image, 3),
@@ -128,18 +141,22 @@ def run(args: argparse.Namespace) -> dict:
         out["speedup_measured"] = round(base_net / ours_net, 3)
         base_per_pair = base_net / p
         out["speedup_full_graph"] = round(base_per_pair / ours_full, 3)
-        out["note"] = (f"measured on {p} pair(s) using {n_used} images; full graph = {n_all} images, {p_all} pairs "
-                       "(ours encodes each image once, baseline 2 images per pair)")
+        out["note"] = (
+            f"measured on {p} pair(s) using {n_used} images; full graph = {n_all} images, {p_all} pairs "
+            "(ours encodes each image once, baseline 2 images per pair)"
+        )
     return out
 
 
 def table(r: dict) -> str:
     rows = [
-        ("model", r["model"]), ("device / threads", f"{r['device']} / {r['threads']}"),
-        ("image (H, W)", r["image_hw"]), ("graph", f"{r['scene_graph']} over {r['n_images']} images = "
-                                                   f"{r['graph_pairs']} pairs"),
+        ("model", r["model"]),
+        ("device / threads", f"{r['device']} / {r['threads']}"),
+        ("image (H, W)", r["image_hw"]),
+        ("graph", f"{r['scene_graph']} over {r['n_images']} images = {r['graph_pairs']} pairs"),
         ("pairs timed (images encoded)", f"{r['pairs_timed']} ({r['images_encoded']})"),
-        ("encoder s / image", r["encode_s_per_image"]), ("decoders+heads s / pair", r["decode_s_per_pair"]),
+        ("encoder s / image", r["encode_s_per_image"]),
+        ("decoders+heads s / pair", r["decode_s_per_pair"]),
         ("ours network s / pair (measured)", r["ours_net_s_per_pair"]),
         ("ours network s / pair (full graph)", r["ours_net_s_per_pair_full_graph"]),
         ("matching s / pair", r["matching_s_per_pair"]),

@@ -6,7 +6,8 @@
 
 ``--source cache`` (default): the predictions are simulated once and written to a temporary prediction cache
 (:class:`sparsega.frontend.cache.CacheDir`, not timed as alignment), then aligned from a
-:class:`sparsega.frontend.inference.CachedPredictions`, the way ``reconstruct`` streams them: one pair in memory at a time.
+:class:`sparsega.frontend.inference.CachedPredictions`, the way ``reconstruct`` streams them: one pair in memory at
+a time.
 ``--source lazy``: simulated again on every access (no disk). Peak RSS is the process's maximum (the simulation
 holds one pair at a time too). Not run by CI.
 """
@@ -34,8 +35,12 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch default)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--source", default="cache", choices=["cache", "lazy"])
-    ap.add_argument("--backend", default="auto", choices=["auto", "kernel", "autograd"],
-                    help="match-loss implementation (AlignConfig.loss_backend)")
+    ap.add_argument(
+        "--backend",
+        default="auto",
+        choices=["auto", "kernel", "autograd"],
+        help="match-loss implementation (AlignConfig.loss_backend)",
+    )
     ap.add_argument("--cache-dir", default=None, help="where --source cache writes (default: a temporary folder)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
@@ -45,8 +50,7 @@ def main() -> None:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    from sparsega import align, metrics
-    from sparsega import sim
+    from sparsega import align, metrics, sim
     from sparsega.frontend.pairs import make_pairs, unique_pairs
 
     h, w = args.size or ((192, 256) if args.n <= 256 else (96, 128))
@@ -77,9 +81,17 @@ def main() -> None:
         preds = lazy
     t_sim = time.perf_counter() - t0
     t0 = time.perf_counter()
-    scene = align(preds, progress=not args.json, niter1=args.niter[0], niter2=args.niter[1], clean_depth=False,
-                  pose_init=args.pose_init, kinematic_mode=args.kinematic_mode, optimizer=args.optimizer,
-                  loss_backend=args.backend)
+    scene = align(
+        preds,
+        progress=not args.json,
+        niter1=args.niter[0],
+        niter2=args.niter[1],
+        clean_depth=False,
+        pose_init=args.pose_init,
+        kinematic_mode=args.kinematic_mode,
+        optimizer=args.optimizer,
+        loss_backend=args.backend,
+    )
     wall = time.perf_counter() - t0
     if tmp is not None:
         tmp.cleanup()
@@ -88,16 +100,29 @@ def main() -> None:
     iters = sum(s["niter"] for s in scene.info["stages"])
     opt_s = tim["stage 1 (3D)"] + tim.get("stage 2 (2D)", 0.0)
     row = {
-        "n_views": args.n, "traj": args.traj, "graph": args.graph, "image_hw": [h, w], "n_pairs": st["n_pairs"],
-        "n_matches": st["n_matches"], "wall_s": round(wall, 2), "render_s": round(t_render, 2),
-        "source": args.source, "simulate_s": round(t_sim, 2), "loss_backend": args.backend,
+        "n_views": args.n,
+        "traj": args.traj,
+        "graph": args.graph,
+        "image_hw": [h, w],
+        "n_pairs": st["n_pairs"],
+        "n_matches": st["n_matches"],
+        "wall_s": round(wall, 2),
+        "render_s": round(t_render, 2),
+        "source": args.source,
+        "simulate_s": round(t_sim, 2),
+        "loss_backend": args.backend,
         "stage_s": {k: round(v, 2) for k, v in tim.items()},
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "ms_per_iter": round(1000 * opt_s / max(iters, 1), 2),
-        "rot_err_med": round(float(m["rot_err_med"]), 4), "ate_rel": round(float(m["ate_rel"]), 5),
-        "rra5": round(float(m["rra5"]), 4), "focal_err_med": round(float(m["focal_err_med"]), 5),
-        "optimizer": args.optimizer, "pose_init": args.pose_init, "kinematic_mode": args.kinematic_mode,
-        "threads": torch.get_num_threads(), "machine": f"{platform.machine()} {os.cpu_count()} cores",
+        "rot_err_med": round(float(m["rot_err_med"]), 4),
+        "ate_rel": round(float(m["ate_rel"]), 5),
+        "rra5": round(float(m["rra5"]), 4),
+        "focal_err_med": round(float(m["focal_err_med"]), 5),
+        "optimizer": args.optimizer,
+        "pose_init": args.pose_init,
+        "kinematic_mode": args.kinematic_mode,
+        "threads": torch.get_num_threads(),
+        "machine": f"{platform.machine()} {os.cpu_count()} cores",
     }
     if args.json:
         print(json.dumps(row))

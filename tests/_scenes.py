@@ -15,8 +15,9 @@ def _rot(axis: str, ang: float) -> np.ndarray:
     return np.array([[1, 0, 0], [0, c, -s], [0, s, c]])
 
 
-def plane_scene(n: int = 4, h: int = 48, w: int = 64, net_to_orig: np.ndarray | None = None,
-                paths: list[str] | None = None) -> Scene:
+def plane_scene(
+    n: int = 4, h: int = 48, w: int = 64, net_to_orig: np.ndarray | None = None, paths: list[str] | None = None
+) -> Scene:
     """``n`` cameras (distinct focals, small rotations, shifted centres) viewing the plane z = 5; depth exact,
     checkerboard colours, sparse points on an 8-pixel grid, confidence 3 everywhere."""
     cam2w = np.tile(np.eye(4), (n, 1, 1))
@@ -37,9 +38,16 @@ def plane_scene(n: int = 4, h: int = 48, w: int = 64, net_to_orig: np.ndarray | 
         confs.append(np.full((h, w), 3.0, np.float32))
         ys, xs = np.mgrid[4:h:8, 4:w:8]
         sxy.append(np.stack((xs.ravel(), ys.ravel()), -1).astype(np.int64))
-    return Scene(cam2w=cam2w.astype(np.float32), intrinsics=np.array(Ks, np.float32), depthmaps=depths,
-                 confidences=confs, images=imgs, image_paths=paths or [f"img_{k}.png" for k in range(n)],
-                 sparse_xy=sxy, net_to_orig=net_to_orig)
+    return Scene(
+        cam2w=cam2w.astype(np.float32),
+        intrinsics=np.array(Ks, np.float32),
+        depthmaps=depths,
+        confidences=confs,
+        images=imgs,
+        image_paths=paths or [f"img_{k}.png" for k in range(n)],
+        sparse_xy=sxy,
+        net_to_orig=net_to_orig,
+    )
 
 
 def scale_crop_map(n: int, scale: float = 2.0, left: int = 8, top: int = 4) -> np.ndarray:

@@ -14,15 +14,13 @@ import numpy as np
 import pytest
 import torch
 
-from sparsega import AlignConfig, GraphError, InputError, Scene, align, metrics
-
-from sparsega import sim
+from sparsega import AlignConfig, GraphError, InputError, Scene, align, metrics, sim
 from sparsega.frontend.pairs import make_pairs, unique_pairs
 
 BOUNDS = dict(rra5=0.95, rta5=0.90, rot_err_med=1.0, ate_rel=0.02, focal_err_med=0.03)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _case(kind: str, n: int, graph: str, h: int, w: int, seed: int = 0):
     sc = sim.make_scene(kind, n_views=n, height=h, width=w, seed=seed)
     preds = sim.simulate_predictions(sc, unique_pairs(make_pairs(n, graph)), seed=seed)
@@ -41,7 +39,7 @@ def _check_bounds(m: dict) -> None:
     assert m["focal_err_med"] <= BOUNDS["focal_err_med"], m
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _orbit_scene() -> Scene:
     sc, preds = _case("orbit", 8, "complete", 192, 256)
     return align(preds, images=sc.images, progress=False)
@@ -129,8 +127,7 @@ def test_all_pairs_fall_back_still_finite():
 def test_shared_intrinsics_yield_one_focal():
     sc, preds = _case("walk", 6, "swin-2", 96, 128)
     scene = align(preds, progress=False, shared_intrinsics=True, niter1=100, niter2=100)
-    assert np.allclose(scene.focals, scene.focals[0]) and np.allclose(scene.principal_points,
-                                                                      scene.principal_points[0])
+    assert np.allclose(scene.focals, scene.focals[0]) and np.allclose(scene.principal_points, scene.principal_points[0])
 
 
 def test_zero_match_pair_and_missing_pair():
@@ -138,8 +135,14 @@ def test_zero_match_pair_and_missing_pair():
     preds = list(preds)
     # a pair with zero matches: falls back instead of crashing
     p = preds[0]
-    p0 = type(p)(**{**p.__dict__, "xy1": np.zeros((0, 2), np.int64), "xy2": np.zeros((0, 2), np.int64),
-                    "match_conf": np.zeros(0, np.float32)})
+    p0 = type(p)(
+        **{
+            **p.__dict__,
+            "xy1": np.zeros((0, 2), np.int64),
+            "xy2": np.zeros((0, 2), np.int64),
+            "match_conf": np.zeros(0, np.float32),
+        }
+    )
     scene = align([p0] + preds[1:], progress=False, niter1=100, niter2=50)
     assert scene.info["stats"]["n_fallback_pairs"] >= 1 and np.isfinite(scene.cam2w).all()
     # missing pairs are fine while the graph stays connected ...

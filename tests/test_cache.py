@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-
 import json
 import logging
 import os
@@ -18,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from sparsega.errors import CacheError
 from sparsega.frontend.cache import (
     FORMAT_VERSION,
     ArrayStore,
@@ -28,7 +28,6 @@ from sparsega.frontend.cache import (
     pair_key,
     save_pair,
 )
-from sparsega.errors import CacheError
 from sparsega.types import PairPrediction
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
@@ -68,9 +67,16 @@ def _pred(m: int = 9, seed: int = 1) -> PairPrediction:
         return (1 + rng.random((h, w))).astype(np.float32)
 
     return PairPrediction(
-        i=0, j=1,
-        pts11=pts(h1, w1), conf11=conf(h1, w1), pts21=pts(h2, w2), conf21=conf(h2, w2),
-        pts22=pts(h2, w2), conf22=conf(h2, w2), pts12=pts(h1, w1), conf12=conf(h1, w1),
+        i=0,
+        j=1,
+        pts11=pts(h1, w1),
+        conf11=conf(h1, w1),
+        pts21=pts(h2, w2),
+        conf21=conf(h2, w2),
+        pts22=pts(h2, w2),
+        conf22=conf(h2, w2),
+        pts12=pts(h1, w1),
+        conf12=conf(h1, w1),
         xy1=np.stack([rng.integers(0, w1, m), rng.integers(0, h1, m)], 1).astype(np.int64),
         xy2=np.stack([rng.integers(0, w2, m), rng.integers(0, h2, m)], 1).astype(np.int64),
         match_conf=(1 + rng.random(m)).astype(np.float32),
@@ -148,8 +154,19 @@ def test_pair_prediction_round_trip(tmp_path: Path) -> None:
         back = load_pair(store, f"p{m}", 4, 2)
         assert back is not None
         assert (back.i, back.j) == (4, 2)  # indices come from the caller, not the cache
-        for name in ("pts11", "conf11", "pts21", "conf21", "pts22", "conf22", "pts12", "conf12",
-                     "xy1", "xy2", "match_conf"):
+        for name in (
+            "pts11",
+            "conf11",
+            "pts21",
+            "conf21",
+            "pts22",
+            "conf22",
+            "pts12",
+            "conf12",
+            "xy1",
+            "xy2",
+            "match_conf",
+        ):
             assert _same(getattr(back, name), getattr(pred, name)), name
         assert back.score == score
         if score is not None:
@@ -195,7 +212,7 @@ def test_content_hashes(tmp_path: Path) -> None:
 # ------------------------------------------------------------------ corruption
 def _corrupt_cases(data: bytes) -> dict[str, bytes]:
     n = int.from_bytes(data[:8], "little")
-    flip = lambda pos: data[:pos] + bytes([data[pos] ^ 0x01]) + data[pos + 1:]  # noqa: E731
+    flip = lambda pos: data[:pos] + bytes([data[pos] ^ 0x01]) + data[pos + 1 :]  # noqa: E731
     return {
         "flip_data_first": flip(8 + n),
         "flip_data_last": flip(len(data) - 1),
@@ -208,8 +225,19 @@ def _corrupt_cases(data: bytes) -> dict[str, bytes]:
     }
 
 
-@pytest.mark.parametrize("case", ["flip_data_first", "flip_data_last", "flip_header", "flip_header_length",
-                                  "truncate_half", "truncate_one", "zero_byte", "garbage"])
+@pytest.mark.parametrize(
+    "case",
+    [
+        "flip_data_first",
+        "flip_data_last",
+        "flip_header",
+        "flip_header_length",
+        "truncate_half",
+        "truncate_one",
+        "zero_byte",
+        "garbage",
+    ],
+)
 def test_corruption_detected_deleted_and_recomputable(
     tmp_path: Path, caplog: pytest.LogCaptureFixture, case: str
 ) -> None:
@@ -237,7 +265,7 @@ def test_every_single_bit_flip_is_detected(tmp_path: Path) -> None:
     try:
         for pos in range(len(original)):
             for bit in (0x01, 0x80):
-                path.write_bytes(original[:pos] + bytes([original[pos] ^ bit]) + original[pos + 1:])
+                path.write_bytes(original[:pos] + bytes([original[pos] ^ bit]) + original[pos + 1 :])
                 assert store.get("k") is None, (pos, bit)
     finally:
         logging.getLogger("sparsega.frontend.cache").disabled = False
@@ -307,8 +335,9 @@ def test_cache_dir_identity(tmp_path: Path) -> None:
     with pytest.raises(CacheError) as err:
         CacheDir(root, "ckptB")
     msg = str(err.value)
-    assert msg == (f"cache folder {root} was written by checkpoint ckptA, not ckptB: "
-                   "use another --cache-dir or --overwrite-cache")
+    assert msg == (
+        f"cache folder {root} was written by checkpoint ckptA, not ckptB: use another --cache-dir or --overwrite-cache"
+    )
     assert ArrayStore(root, "pairs").has("k")  # refusing destroys nothing
 
     (root / "notes.txt").write_text("user file")
@@ -343,8 +372,9 @@ def test_cache_dir_bad_meta(tmp_path: Path) -> None:
 # ------------------------------------------------------------------ atomicity and concurrency
 def _run_python(code: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
     env = dict(os.environ, PYTHONPATH=SRC + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], env=env, capture_output=True,
-                          text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)], env=env, capture_output=True, text=True, timeout=timeout
+    )
 
 
 def test_crash_between_write_and_rename(tmp_path: Path) -> None:
@@ -416,8 +446,10 @@ def test_concurrent_writers_processes(tmp_path: Path) -> None:
             store.put("same", {{"x": np.full(200_000, {w}, np.float32)}}, {{"w": {w}}})
     """
     env = dict(os.environ, PYTHONPATH=SRC + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    procs = [subprocess.Popen([sys.executable, "-c", textwrap.dedent(code).format(root=str(tmp_path), w=w)],
-                              env=env) for w in range(3)]
+    procs = [
+        subprocess.Popen([sys.executable, "-c", textwrap.dedent(code).format(root=str(tmp_path), w=w)], env=env)
+        for w in range(3)
+    ]
     store = ArrayStore(tmp_path, "pairs", clean_stale_after_s=None)
     reads = 0
     while any(p.poll() is None for p in procs):

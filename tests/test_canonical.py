@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import load_golden
 from sparsega import ConfigError, InputError
 from sparsega.alignment.canonical import (
     anchor_columns,
@@ -20,6 +19,8 @@ from sparsega.alignment.canonical import (
     estimate_focal,
     focal_base,
 )
+
+from conftest import load_golden
 
 G = load_golden("blocks/canonical.npz")
 CASES = ["c3", "c1"]

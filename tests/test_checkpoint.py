@@ -10,11 +10,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import GOLDEN
 
 from sparsega.errors import CheckpointError, ConfigError
 from sparsega.frontend.model import MASt3RNet, build_net, config_from_constructor, load_checkpoint, parse_constructor
 from sparsega.frontend.model.checkpoint import load_state_dict_strict
+
+from conftest import GOLDEN
 
 OFFICIAL_MAST3R = (
     "AsymmetricMASt3R(enc_depth=24, dec_depth=12, enc_embed_dim=1024, dec_embed_dim=768, enc_num_heads=16, "

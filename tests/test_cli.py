@@ -16,8 +16,9 @@ SMALL_DEMO = ["--n-views", "4", "--height", "96", "--width", "128", "--niter1", 
 
 
 def run(*args: str, cwd: Path | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "sparsega", *args], capture_output=True, text=True, cwd=cwd,
-                          timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "sparsega", *args], capture_output=True, text=True, cwd=cwd, timeout=timeout
+    )
 
 
 def _one_error_line(res: subprocess.CompletedProcess, *needles: str) -> None:
@@ -50,9 +51,21 @@ def test_demo_small_writes_everything(small_demo):
     assert res.returncode == 0, res.stderr
     summary = json.loads(res.stdout)  # --json: exactly one JSON object on stdout
     assert summary["command"] == "demo" and Path(summary["output"]) == out
-    for entry in ("scene/scene.npz", "scene.glb", "points.ply", "colmap/sparse/0/cameras.bin",
-                  "colmap/sparse/0/images.bin", "colmap/sparse/0/points3D.bin", "transforms.json", "cameras.json",
-                  "depth", "preview.png", "report.json", "images/view_000.png", "ground_truth.json"):
+    for entry in (
+        "scene/scene.npz",
+        "scene.glb",
+        "points.ply",
+        "colmap/sparse/0/cameras.bin",
+        "colmap/sparse/0/images.bin",
+        "colmap/sparse/0/points3D.bin",
+        "transforms.json",
+        "cameras.json",
+        "depth",
+        "preview.png",
+        "report.json",
+        "images/view_000.png",
+        "ground_truth.json",
+    ):
         assert (out / entry).exists(), entry
     report = json.loads((out / "report.json").read_text())
     assert report["counts"]["n_images"] == 4 and report["counts"]["n_pairs"] == 6
@@ -82,11 +95,13 @@ def test_demo_outputs_reread_by_consumers(small_demo):
     assert rec.num_reg_images() == 4 and rec.num_points3D() > 0
     for k in range(4):
         img = rec.find_image_with_name(f"view_{k:03d}.png")
-        np.testing.assert_allclose(img.cam_from_world().matrix(), np.linalg.inv(scene.cam2w[k].astype(float))[:3],
-                                   atol=1e-6)
+        np.testing.assert_allclose(
+            img.cam_from_world().matrix(), np.linalg.inv(scene.cam2w[k].astype(float))[:3], atol=1e-6
+        )
         K = scene.intrinsics[k].astype(float)
-        np.testing.assert_allclose(rec.cameras[img.camera_id].params,
-                                   [K[0, 0], K[1, 1], K[0, 2] + 0.5, K[1, 2] + 0.5], atol=1e-6)
+        np.testing.assert_allclose(
+            rec.cameras[img.camera_id].params, [K[0, 0], K[1, 1], K[0, 2] + 0.5, K[1, 2] + 0.5], atol=1e-6
+        )
     glb = trimesh.load(out / "scene.glb", file_type="glb")
     assert sum(isinstance(g, trimesh.PointCloud) for g in glb.geometry.values()) == 1
     ply = PlyData.read(str(out / "points.ply"))
@@ -146,8 +161,12 @@ def test_eval_gt_formats_exact_scene(saved, tmp_path):
         assert res.returncode == 0, res.stderr
         m = json.loads(res.stdout)["metrics"]
         assert m["rra5"] == 1.0 and m["rta5"] == 1.0 and m["ate"] < 1e-5 and m["n_evaluated"] == 4
-    assert json.loads(run("eval", str(saved), "--gt", str(tmp_path / "model"), "--json",
-                          "--no-save").stdout)["metrics"]["focal_err_med"] < 1e-6
+    assert (
+        json.loads(run("eval", str(saved), "--gt", str(tmp_path / "model"), "--json", "--no-save").stdout)["metrics"][
+            "focal_err_med"
+        ]
+        < 1e-6
+    )
     _one_error_line(run("eval", str(saved), "--gt", str(tmp_path / "nope.json")), "nope.json")
     bad = tmp_path / "other.json"
     bad.write_text(json.dumps({"zzz.png": np.eye(4).tolist()}))
@@ -155,21 +174,24 @@ def test_eval_gt_formats_exact_scene(saved, tmp_path):
 
 
 # ------------------------------------------------------------------------------------------- bad input
-@pytest.mark.parametrize("args,needles", [
-    (["demo", "-o", "{tmp}/x", "--niter1", "-1"], ["niter1"]),
-    (["demo", "-o", "{tmp}/x", "--scene-graph", "star-3"], ["star-3"]),
-    (["demo", "-o", "{tmp}/x", "--lr1", "0"], ["lr1"]),
-    (["demo", "-o", "{tmp}/x", "--kinematic-mode", "tree"], ["--kinematic-mode"]),
-    (["demo", "-o", "{tmp}/x", "--subsample", "3"], ["subsample"]),
-    (["demo", "-o", "{tmp}/x", "--niter1", "ten"], ["--niter1"]),
-    (["reconstruct", "{tmp}/missing.jpg", "-c", "{tmp}/w.pth", "-o", "{tmp}/x"], ["missing.jpg"]),
-    (["reconstruct", "{tmp}/img.png", "-c", "{tmp}/w.pth", "-o", "{tmp}/x"], ["w.pth"]),
-    (["reconstruct", "{tmp}/img.png", "-o", "{tmp}/x"], ["--checkpoint"]),
-    (["align-cache", "{tmp}/nocache", "--images", "{tmp}/img.png", "-o", "{tmp}/x"], ["nocache"]),
-    (["export", "{tmp}/nothing"], ["nothing"]),
-    (["bogus"], ["bogus"]),
-    ([], ["COMMAND"]),
-])
+@pytest.mark.parametrize(
+    "args,needles",
+    [
+        (["demo", "-o", "{tmp}/x", "--niter1", "-1"], ["niter1"]),
+        (["demo", "-o", "{tmp}/x", "--scene-graph", "star-3"], ["star-3"]),
+        (["demo", "-o", "{tmp}/x", "--lr1", "0"], ["lr1"]),
+        (["demo", "-o", "{tmp}/x", "--kinematic-mode", "tree"], ["--kinematic-mode"]),
+        (["demo", "-o", "{tmp}/x", "--subsample", "3"], ["subsample"]),
+        (["demo", "-o", "{tmp}/x", "--niter1", "ten"], ["--niter1"]),
+        (["reconstruct", "{tmp}/missing.jpg", "-c", "{tmp}/w.pth", "-o", "{tmp}/x"], ["missing.jpg"]),
+        (["reconstruct", "{tmp}/img.png", "-c", "{tmp}/w.pth", "-o", "{tmp}/x"], ["w.pth"]),
+        (["reconstruct", "{tmp}/img.png", "-o", "{tmp}/x"], ["--checkpoint"]),
+        (["align-cache", "{tmp}/nocache", "--images", "{tmp}/img.png", "-o", "{tmp}/x"], ["nocache"]),
+        (["export", "{tmp}/nothing"], ["nothing"]),
+        (["bogus"], ["bogus"]),
+        ([], ["COMMAND"]),
+    ],
+)
 def test_bad_options_exit_2_one_line(tmp_path, args, needles):
     (tmp_path / "img.png").write_bytes(b"not really a png")
     res = run(*[a.format(tmp=tmp_path) for a in args])
@@ -223,8 +245,8 @@ def test_align_cache_maps_back_to_original_pixels(tmp_path):
     from PIL import Image
 
     from sparsega import sim
-    from sparsega.interop import write_mast3r_cache
     from sparsega.frontend.pairs import make_pairs
+    from sparsega.interop import write_mast3r_cache
 
     gt = sim.make_scene("orbit", n_views=4, height=96, width=128, seed=3)
     paths = []
@@ -235,12 +257,40 @@ def test_align_cache_maps_back_to_original_pixels(tmp_path):
     preds = sim.simulate_predictions(gt, make_pairs(4, "complete"), seed=3)
     write_mast3r_cache(tmp_path / "cache", paths, preds)
     gt_json = tmp_path / "gt.json"
-    gt_json.write_text(json.dumps({"extent": float(gt.extent), "images": [
-        {"name": f"im{k}.png", "cam2w": np.asarray(gt.cam2w[k]).tolist(),
-         "K": (np.diag([2.0, 2.0, 1.0]) @ np.asarray(gt.intrinsics[k])).tolist()} for k in range(4)]}))
+    gt_json.write_text(
+        json.dumps(
+            {
+                "extent": float(gt.extent),
+                "images": [
+                    {
+                        "name": f"im{k}.png",
+                        "cam2w": np.asarray(gt.cam2w[k]).tolist(),
+                        "K": (np.diag([2.0, 2.0, 1.0]) @ np.asarray(gt.intrinsics[k])).tolist(),
+                    }
+                    for k in range(4)
+                ],
+            }
+        )
+    )
     out = tmp_path / "out"
-    res = run("align-cache", str(tmp_path / "cache"), "--images", *paths, "--image-size", "128", "-o", str(out),
-              "--niter1", "100", "--niter2", "100", "--gt", str(gt_json), "--quiet", "--json")
+    res = run(
+        "align-cache",
+        str(tmp_path / "cache"),
+        "--images",
+        *paths,
+        "--image-size",
+        "128",
+        "-o",
+        str(out),
+        "--niter1",
+        "100",
+        "--niter2",
+        "100",
+        "--gt",
+        str(gt_json),
+        "--quiet",
+        "--json",
+    )
     assert res.returncode == 0, res.stderr
     m = json.loads(res.stdout)["metrics"]
     assert m["rra15"] >= 0.8 and m["focal_err_med"] < 0.1 and m["ate_rel"] < 0.1

@@ -9,8 +9,7 @@ import numpy as np
 import pytest
 
 from sparsega import sim
-from sparsega.alignment.api import align
-from sparsega.alignment.api import align_components
+from sparsega.alignment.api import align, align_components
 from sparsega.alignment.components import self_pair, split_components, subset_predictions
 from sparsega.errors import ConfigError, GraphError
 from sparsega.frontend.pairs import make_pairs
@@ -26,8 +25,9 @@ def _offset(preds: list[PairPrediction], k: int) -> list[PairPrediction]:
 
 def _no_matches(p: PairPrediction, i: int, j: int) -> PairPrediction:
     z = np.zeros((0, 2), np.int64)
-    return dataclasses.replace(p, i=i, j=j, xy1=z, xy2=z.copy(), match_conf=np.zeros(0, np.float32),
-                               score=(1.0, 0.0, 0))
+    return dataclasses.replace(
+        p, i=i, j=j, xy1=z, xy2=z.copy(), match_conf=np.zeros(0, np.float32), score=(1.0, 0.0, 0)
+    )
 
 
 @pytest.fixture(scope="module")
@@ -84,8 +84,9 @@ def test_align_raises_graph_error_listing_groups(two_scenes):
 
 def test_align_components_each_scene_equals_its_own_alignment(two_scenes, caplog):
     with caplog.at_level(logging.WARNING, logger="sparsega"):
-        scenes, unregistered = align_components(two_scenes["preds"], CFG, images=two_scenes["images"],
-                                                image_paths=two_scenes["paths"])
+        scenes, unregistered = align_components(
+            two_scenes["preds"], CFG, images=two_scenes["images"], image_paths=two_scenes["paths"]
+        )
     assert unregistered == [7]
     assert "unregistered" in caplog.text and "im7.png" in caplog.text
     assert [s.image_index.tolist() for s in scenes] == [[0, 1, 2, 3], [4, 5, 6]]
@@ -144,8 +145,24 @@ def test_align_cache_writes_one_folder_per_component(two_scenes, tmp_path, capsy
         paths.append(str(p))
     write_mast3r_cache(tmp_path / "cache", paths, two_scenes["preds"])
     out = tmp_path / "out"
-    rc = cli.main(["align-cache", str(tmp_path / "cache"), "--images", *paths, "--image-size", "64", "-o", str(out),
-                   "--niter1", "40", "--niter2", "40", "--quiet", "--json"])
+    rc = cli.main(
+        [
+            "align-cache",
+            str(tmp_path / "cache"),
+            "--images",
+            *paths,
+            "--image-size",
+            "64",
+            "-o",
+            str(out),
+            "--niter1",
+            "40",
+            "--niter2",
+            "40",
+            "--quiet",
+            "--json",
+        ]
+    )
     cap = capsys.readouterr()
     assert rc == 0, cap.err
     assert "unregistered" in cap.err and "im7.png" in cap.err
@@ -195,10 +212,11 @@ def _from_report(out, paths):
 def test_disconnected_graph_same_outcome_everywhere(entry, two_scenes, tmp_path, monkeypatch, capsys):
     """The same split predictions through the API and every CLI command: the same components (input indices) and
     the same unregistered image; without ``components=True`` the API refuses with a GraphError naming the fix."""
-    from conftest import GOLDEN
     from sparsega import cli
     from sparsega.frontend import inference
     from sparsega.pipeline import reconstruct
+
+    from conftest import GOLDEN
 
     preds = two_scenes["preds"]
     ckpt = str(GOLDEN / "model_tiny_a.pth")
@@ -225,16 +243,25 @@ def test_disconnected_graph_same_outcome_everywhere(entry, two_scenes, tmp_path,
         argv = ["demo", "--n-views", "8", "--height", str(H), "--width", str(W), "-o", str(out), *fast]
         paths = [str(out.resolve() / "images" / f"view_{k:03d}.png") for k in range(8)]
     elif entry == "cli-reconstruct":
-        argv = ["reconstruct", *paths, "-c", ckpt, "--image-size", "64", "--scene-graph", "complete", "-o",
-                str(out), *fast]
+        argv = [
+            "reconstruct",
+            *paths,
+            "-c",
+            ckpt,
+            "--image-size",
+            "64",
+            "--scene-graph",
+            "complete",
+            "-o",
+            str(out),
+            *fast,
+        ]
     else:
         from sparsega.interop import write_mast3r_cache
 
         write_mast3r_cache(tmp_path / "cache", paths, preds)
-        argv = ["align-cache", str(tmp_path / "cache"), "--images", *paths, "--image-size", "64", "-o", str(out),
-                *fast]
+        argv = ["align-cache", str(tmp_path / "cache"), "--images", *paths, "--image-size", "64", "-o", str(out), *fast]
     rc = cli.main(argv)
     assert rc == 0, capsys.readouterr().err
     assert _from_report(out, paths) == EXPECTED
-    assert sorted(p.name for p in out.iterdir() if p.name.startswith("component_")) == ["component_0",
-                                                                                         "component_1"]
+    assert sorted(p.name for p in out.iterdir() if p.name.startswith("component_")) == ["component_0", "component_1"]

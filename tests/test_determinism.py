@@ -37,8 +37,14 @@ print("HASH", h.hexdigest())
 
 def _run(torch_threads: int, kernel_threads: int) -> tuple[str, int]:
     env = dict(os.environ, PYTHONHASHSEED=str(torch_threads * 7 + kernel_threads))
-    out = subprocess.run([sys.executable, "-c", _CHILD, str(torch_threads), str(kernel_threads)], env=env,
-                         capture_output=True, text=True, timeout=600, check=True).stdout
+    out = subprocess.run(
+        [sys.executable, "-c", _CHILD, str(torch_threads), str(kernel_threads)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=True,
+    ).stdout
     lines = dict(line.split(" ", 1) for line in out.splitlines() if " " in line)
     return lines["HASH"], int(lines["n_fallback"])
 

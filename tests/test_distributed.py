@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from sparsega.errors import ConfigError
 from sparsega.frontend.cache import CacheDir
 from sparsega.frontend.distributed import RAY_MISSING, partition_batches, run_pairs_ray
-from sparsega.errors import ConfigError
 from sparsega.frontend.images import LoadedImage, load_images
 from sparsega.frontend.inference import CACHE_NAMESPACE, _batches, pair_cache_key, run_pairs
 from sparsega.frontend.model import MASt3RNet, load_checkpoint
@@ -71,21 +71,39 @@ def local(net: MASt3RNet, images: list[LoadedImage]) -> list[PairPrediction]:
     return run_pairs(net, images, make_pairs(3, "complete"), progress=False)
 
 
-def test_ray_equals_local_bit_for_bit(ray_cluster: object, images: list[LoadedImage],
-                                      local: list[PairPrediction], tmp_path: Path) -> None:
+def test_ray_equals_local_bit_for_bit(
+    ray_cluster: object, images: list[LoadedImage], local: list[PairPrediction], tmp_path: Path
+) -> None:
     stats: dict = {}
-    preds = run_pairs_ray(CKPT, images, make_pairs(3, "complete"), cache_dir=tmp_path / "c", num_workers=2,
-                          progress=False, stats=stats)
+    preds = run_pairs_ray(
+        CKPT, images, make_pairs(3, "complete"), cache_dir=tmp_path / "c", num_workers=2, progress=False, stats=stats
+    )
     _assert_identical(local, preds)
     assert stats["computed"] == 3 and stats["written"] == 3 and sorted(stats["groups"]) == [1, 2]
     again: dict = {}  # everything cached now: no network work; image paths are loaded at `size` like load_images
-    _assert_identical(local, run_pairs_ray(CKPT, [im.path for im in images], make_pairs(3, "complete"), size=64,
-                                           cache_dir=tmp_path / "c", progress=False, stats=again))
+    _assert_identical(
+        local,
+        run_pairs_ray(
+            CKPT,
+            [im.path for im in images],
+            make_pairs(3, "complete"),
+            size=64,
+            cache_dir=tmp_path / "c",
+            progress=False,
+            stats=again,
+        ),
+    )
     assert again["cache_hits"] == 3 and again["computed"] == 0
 
 
-def test_killed_worker_loses_nothing(ray_cluster: object, net: MASt3RNet, images: list[LoadedImage],
-                                     local: list[PairPrediction], tmp_path: Path, monkeypatch) -> None:
+def test_killed_worker_loses_nothing(
+    ray_cluster: object,
+    net: MASt3RNet,
+    images: list[LoadedImage],
+    local: list[PairPrediction],
+    tmp_path: Path,
+    monkeypatch,
+) -> None:
     from sparsega.frontend import distributed
 
     marker = tmp_path / "crashed"
@@ -93,8 +111,9 @@ def test_killed_worker_loses_nothing(ray_cluster: object, net: MASt3RNet, images
     cache = tmp_path / "c"
     stats: dict = {}
     # the first worker process to save a pair exits hard right after (the marker lists what it had saved)
-    preds = run_pairs_ray(CKPT, images, make_pairs(3, "complete"), cache_dir=cache, num_workers=2,
-                          progress=False, stats=stats)
+    preds = run_pairs_ray(
+        CKPT, images, make_pairs(3, "complete"), cache_dir=cache, num_workers=2, progress=False, stats=stats
+    )
     assert marker.is_file(), "the fault was not injected"
     _assert_identical(local, preds)
     saved_before_crash = marker.read_text().split()
@@ -112,12 +131,12 @@ def test_killed_worker_loses_nothing(ray_cluster: object, net: MASt3RNet, images
 def test_remote_cluster_needs_a_cache_dir(images: list[LoadedImage]) -> None:
     pytest.importorskip("ray", reason="ray is not installed")
     with pytest.raises(ConfigError, match="cache_dir"):
-        run_pairs_ray(CKPT, images, make_pairs(3, "complete"), cache_dir=None, ray_address="10.0.0.1:6379",
-                      progress=False)
+        run_pairs_ray(
+            CKPT, images, make_pairs(3, "complete"), cache_dir=None, ray_address="10.0.0.1:6379", progress=False
+        )
 
 
-def test_without_ray_clear_error(images: list[LoadedImage], monkeypatch: pytest.MonkeyPatch,
-                                 tmp_path: Path) -> None:
+def test_without_ray_clear_error(images: list[LoadedImage], monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setitem(sys.modules, "ray", None)  # makes `import ray` raise ImportError
     with pytest.raises(ConfigError) as info:
         run_pairs_ray(CKPT, images, make_pairs(3, "complete"), cache_dir=tmp_path, progress=False)
@@ -168,8 +187,9 @@ def test_reconstruct_executor_checks(images: list[LoadedImage], monkeypatch: pyt
         reconstruct(paths, str(CKPT), "complete", executor="ray", progress=False)
 
 
-def test_cli_ray_flag_without_ray(images: list[LoadedImage], monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
-                                  capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_ray_flag_without_ray(
+    images: list[LoadedImage], monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     from sparsega.cli import build_parser, main
 
     args = build_parser().parse_args(["reconstruct", "a.png", "-c", "x.pth", "-o", "out", "--ray", "--workers", "3"])
@@ -177,7 +197,8 @@ def test_cli_ray_flag_without_ray(images: list[LoadedImage], monkeypatch: pytest
     args = build_parser().parse_args(["reconstruct", "a.png", "-c", "x.pth", "-o", "out", "--ray", "10.0.0.1:6379"])
     assert args.ray == "10.0.0.1:6379"
     monkeypatch.setitem(sys.modules, "ray", None)
-    code = main(["reconstruct", *[im.path for im in images], "-c", str(CKPT), "-o", str(tmp_path / "out"),
-                 "--quiet", "--ray"])
+    code = main(
+        ["reconstruct", *[im.path for im in images], "-c", str(CKPT), "-o", str(tmp_path / "out"), "--quiet", "--ray"]
+    )
     assert code == 2
     assert "distributed inference needs Ray: pip install 'sparsega[ray]'" in capsys.readouterr().err

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-
 import json
 from pathlib import Path
 
@@ -11,10 +10,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from _scenes import plane_scene, scale_crop_map
-from sparsega.io import export
 from sparsega.errors import ConfigError, InputError
+from sparsega.io import export
 from sparsega.io.preview import render_preview
+
+from _scenes import plane_scene, scale_crop_map
 
 
 @pytest.fixture(scope="module")
@@ -51,8 +51,7 @@ def test_colmap_roundtrip_poses_intrinsics(tmp_path, scene, mapped_scene, which)
         K0 = A[k] @ s.intrinsics[k].astype(np.float64)
         cam = rec.cameras[img.camera_id]
         assert cam.model_name == "PINHOLE"
-        np.testing.assert_allclose(cam.params, [K0[0, 0], K0[1, 1], K0[0, 2] + 0.5, K0[1, 2] + 0.5],
-                                   atol=1e-6, rtol=0)
+        np.testing.assert_allclose(cam.params, [K0[0, 0], K0[1, 1], K0[0, 2] + 0.5, K0[1, 2] + 0.5], atol=1e-6, rtol=0)
         assert (cam.width, cam.height) == ((64, 48) if which == "identity" else (160, 112))
 
 
@@ -61,8 +60,7 @@ def test_colmap_mapping_is_scale_and_offset(tmp_path, mapped_scene):
     export.write_colmap(mapped_scene, tmp_path)
     cam = _read_colmap(tmp_path).cameras[1]
     K = mapped_scene.intrinsics[0].astype(np.float64)
-    np.testing.assert_allclose(cam.params, [2 * K[0, 0], 2 * K[1, 1], 2 * K[0, 2] + 17.0, 2 * K[1, 2] + 9.0],
-                               atol=1e-6)
+    np.testing.assert_allclose(cam.params, [2 * K[0, 0], 2 * K[1, 1], 2 * K[0, 2] + 17.0, 2 * K[1, 2] + 9.0], atol=1e-6)
 
 
 @pytest.mark.parametrize("which", ["identity", "scale2_crop"])
@@ -201,8 +199,16 @@ def test_export_all_layout_and_refusals(tmp_path, scene):
     out = tmp_path / "out"
     timings = export.export_all(scene, out, "all", min_conf=1.0)
     assert set(timings) == set(export.FORMATS)
-    for entry in ("scene/scene.npz", "scene.glb", "points.ply", "colmap/sparse/0/images.bin", "transforms.json",
-                  "cameras.json", "depth/0000_img_0.npy", "preview.png"):
+    for entry in (
+        "scene/scene.npz",
+        "scene.glb",
+        "points.ply",
+        "colmap/sparse/0/images.bin",
+        "transforms.json",
+        "cameras.json",
+        "depth/0000_img_0.npy",
+        "preview.png",
+    ):
         assert (out / entry).exists(), entry
     with pytest.raises(InputError, match="exists"):
         export.export_all(scene, out, "ply")

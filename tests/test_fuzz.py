@@ -31,10 +31,16 @@ def _case(seed: int) -> dict:
     h, w = SIZES[int(rng.integers(0, len(SIZES)))]
     n = int(rng.integers(3, 9))
     return {
-        "kind": str(rng.choice(list(sim.KINDS))), "n": n, "h": h, "w": w, "graph": _graph(rng, n),
-        "noise": float(rng.uniform(0, 10)), "outliers": float(rng.uniform(0, 0.5)),
+        "kind": str(rng.choice(list(sim.KINDS))),
+        "n": n,
+        "h": h,
+        "w": w,
+        "graph": _graph(rng, n),
+        "noise": float(rng.uniform(0, 10)),
+        "outliers": float(rng.uniform(0, 0.5)),
         "kinematic": KINEMATIC[int(rng.integers(0, len(KINEMATIC)))],
-        "shared": bool(rng.random() < 0.2), "seed": seed,
+        "shared": bool(rng.random() < 0.2),
+        "seed": seed,
     }
 
 
@@ -44,8 +50,9 @@ def test_random_scene_aligns_to_finite_outputs(seed):
     gt = sim.make_scene(c["kind"], n_views=c["n"], height=c["h"], width=c["w"], seed=c["seed"])
     sim_cfg = sim.SimConfig(noise_scale=c["noise"], outlier_rate=c["outliers"])
     preds = sim.simulate_predictions(gt, make_pairs(c["n"], c["graph"]), sim=sim_cfg, seed=c["seed"])
-    cfg = AlignConfig(niter1=30, niter2=30, kinematic_mode=c["kinematic"], shared_intrinsics=c["shared"],
-                      progress=False)
+    cfg = AlignConfig(
+        niter1=30, niter2=30, kinematic_mode=c["kinematic"], shared_intrinsics=c["shared"], progress=False
+    )
     scene = align(preds, cfg, images=gt.images)
     assert scene.n_images == c["n"], c
     assert scene.cam2w.shape == (c["n"], 4, 4) and np.isfinite(scene.cam2w).all(), c

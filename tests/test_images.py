@@ -8,11 +8,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import load_golden
 from PIL import Image, ImageFile
 
 from sparsega.errors import InputError
 from sparsega.frontend.images import collect_image_paths, load_image, load_images
+
+from conftest import load_golden
 
 
 @pytest.fixture(scope="module")

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from sparsega.frontend.cache import CacheDir
 from sparsega.errors import CacheError, ConfigError, InputError
+from sparsega.frontend.cache import CacheDir
 from sparsega.frontend.images import LoadedImage, load_images
 from sparsega.frontend.inference import CachedPredictions, run_pairs
 from sparsega.frontend.model import MASt3RNet, load_checkpoint
@@ -60,7 +60,11 @@ def test_one_prediction_per_unordered_pair_each_image_encoded_once(
     assert counter.encoded_images == 4  # the reference would encode 12 images
     assert counter.encode_calls <= 3  # lazily, per shape group as batches need them
     assert {k: stats[k] for k in ("n_pairs", "cache_hits", "computed", "encoded")} == {
-        "n_pairs": 6, "cache_hits": 0, "computed": 6, "encoded": 4}
+        "n_pairs": 6,
+        "cache_hits": 0,
+        "computed": 6,
+        "encoded": 4,
+    }
     assert min(stats["encode_s"], stats["decode_s"], stats["matching_s"]) > 0
     for p in preds:
         p.validate()
@@ -89,15 +93,15 @@ def test_batching_does_not_change_results(net: MASt3RNet, images: list[LoadedIma
         np.testing.assert_array_equal(p.xy2, q.xy2)
 
 
-def test_cache_hit_skips_network(net: MASt3RNet, images: list[LoadedImage], tmp_path: Path,
-                                 monkeypatch: pytest.MonkeyPatch) -> None:
+def test_cache_hit_skips_network(
+    net: MASt3RNet, images: list[LoadedImage], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     cache = CacheDir(tmp_path / "cache", net.identity)
     pairs = make_pairs(4, "swin-2")
     first = run_pairs(net, images, pairs, cache=cache, progress=False)
     counter = CallCounter(net, monkeypatch)
     stats: dict[str, Any] = {}
-    again = run_pairs(net, images, pairs, cache=CacheDir(tmp_path / "cache", net.identity), progress=False,
-                      stats=stats)
+    again = run_pairs(net, images, pairs, cache=CacheDir(tmp_path / "cache", net.identity), progress=False, stats=stats)
     assert counter.encode_calls == 0 and counter.decode_calls == 0
     assert stats["cache_hits"] == len(first) and stats["computed"] == 0
     assert_same(first, again, exact=True)
@@ -107,8 +111,9 @@ def test_cache_hit_skips_network(net: MASt3RNet, images: list[LoadedImage], tmp_
     assert_same([p.swapped() for p in first], flipped, exact=True)
 
 
-def test_stream_reads_predictions_back_from_the_cache(net: MASt3RNet, images: list[LoadedImage], tmp_path: Path,
-                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+def test_stream_reads_predictions_back_from_the_cache(
+    net: MASt3RNet, images: list[LoadedImage], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """stream=True keeps nothing in memory: a lazy sequence over the cache entries, equal to the eager list bit for
     bit, on the first run (computed) and on a rerun (all hits, in the other orientation too)."""
     pairs = make_pairs(4, "swin-2")
@@ -131,8 +136,9 @@ def test_stream_reads_predictions_back_from_the_cache(net: MASt3RNet, images: li
         run_pairs(net, images, pairs, progress=False, stream=True)
 
 
-def test_cache_key_depends_on_matching_parameters(net: MASt3RNet, images: list[LoadedImage], tmp_path: Path,
-                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+def test_cache_key_depends_on_matching_parameters(
+    net: MASt3RNet, images: list[LoadedImage], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     cache = CacheDir(tmp_path / "cache", net.identity)
     run_pairs(net, images[:2], np.array([[0, 1]]), cache=cache, progress=False)
     counter = CallCounter(net, monkeypatch)
@@ -141,8 +147,9 @@ def test_cache_key_depends_on_matching_parameters(net: MASt3RNet, images: list[L
     assert counter.decode_calls == 2
 
 
-def test_interrupted_run_resumes(net: MASt3RNet, images: list[LoadedImage], tmp_path: Path,
-                                 monkeypatch: pytest.MonkeyPatch) -> None:
+def test_interrupted_run_resumes(
+    net: MASt3RNet, images: list[LoadedImage], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     cache = CacheDir(tmp_path / "cache", net.identity)
     pairs = make_pairs(3, "complete")  # (1, 0): one decoder call; (2, 0) and (2, 1): two each (shapes differ)
     decode: Callable[..., Any] = net.decode_pair

@@ -28,10 +28,12 @@ def md5(path: str) -> str:
 
 def _pass(rng: np.random.Generator, sa: tuple[int, int], sb: tuple[int, int]) -> tuple[torch.Tensor, ...]:
     """One decoding direction (X_a, C_a, X_b, C_b) as the reference saves it."""
-    return (torch.from_numpy(rng.standard_normal((*sa, 3)).astype(np.float32)),
-            torch.from_numpy((1 + rng.random(sa)).astype(np.float32)),
-            torch.from_numpy(rng.standard_normal((*sb, 3)).astype(np.float32)),
-            torch.from_numpy((1 + rng.random(sb)).astype(np.float32)))
+    return (
+        torch.from_numpy(rng.standard_normal((*sa, 3)).astype(np.float32)),
+        torch.from_numpy((1 + rng.random(sa)).astype(np.float32)),
+        torch.from_numpy(rng.standard_normal((*sb, 3)).astype(np.float32)),
+        torch.from_numpy((1 + rng.random(sb)).astype(np.float32)),
+    )
 
 
 def _matches(rng: np.random.Generator, sa: tuple[int, int], sb: tuple[int, int], m: int) -> tuple[torch.Tensor, ...]:
@@ -52,10 +54,10 @@ def build_fake_cache(root: Path) -> dict[tuple[int, int], dict[str, np.ndarray |
 
     # (a, b, M, which corres file exists) with a = first image of naver's pair, as naver would have run it
     plan = [
-        (0, 1, 11, "ab"),      # normal
-        (2, 0, 7, "ba"),       # naver's pair was (2, 0) but only the reverse-named corres exists
-        (1, 2, 0, "ab"),       # no match at all
-        (3, 0, 5, "ab"),       # naver's pair order (3, 0) opposite to IMAGES order
+        (0, 1, 11, "ab"),  # normal
+        (2, 0, 7, "ba"),  # naver's pair was (2, 0) but only the reverse-named corres exists
+        (1, 2, 0, "ab"),  # no match at all
+        (3, 0, 5, "ab"),  # naver's pair order (3, 0) opposite to IMAGES order
         (0, "other", 4, "ab"),  # image not requested: ignored
     ]
     for a, b, m, which in plan:
@@ -72,16 +74,36 @@ def build_fake_cache(root: Path) -> dict[tuple[int, int], dict[str, np.ndarray |
             save((score, (xy_b, xy_a, conf)), root / CORRES / f"{hb}-{ha}.pth")
         if b == "other":
             continue
-        exp = dict(pts11=fwd_ab[0], conf11=fwd_ab[1], pts21=fwd_ab[2], conf21=fwd_ab[3],
-                   pts22=fwd_ba[0], conf22=fwd_ba[1], pts12=fwd_ba[2], conf12=fwd_ba[3],
-                   xy1=xy_a, xy2=xy_b, match_conf=conf)
+        exp = dict(
+            pts11=fwd_ab[0],
+            conf11=fwd_ab[1],
+            pts21=fwd_ab[2],
+            conf21=fwd_ab[3],
+            pts22=fwd_ba[0],
+            conf22=fwd_ba[1],
+            pts12=fwd_ba[2],
+            conf12=fwd_ba[3],
+            xy1=xy_a,
+            xy2=xy_b,
+            match_conf=conf,
+        )
         exp = {k: v.numpy() for k, v in exp.items()}
         if a < b:
             expected[(a, b)] = {**exp, "score": score}
         else:  # seen from the IMAGES order: swap the roles
-            swapped = dict(pts11=exp["pts22"], conf11=exp["conf22"], pts21=exp["pts12"], conf21=exp["conf12"],
-                           pts22=exp["pts11"], conf22=exp["conf11"], pts12=exp["pts21"], conf12=exp["conf21"],
-                           xy1=exp["xy2"], xy2=exp["xy1"], match_conf=exp["match_conf"])
+            swapped = dict(
+                pts11=exp["pts22"],
+                conf11=exp["conf22"],
+                pts21=exp["pts12"],
+                conf21=exp["conf12"],
+                pts22=exp["pts11"],
+                conf22=exp["conf11"],
+                pts12=exp["pts21"],
+                conf12=exp["conf21"],
+                xy1=exp["xy2"],
+                xy2=exp["xy1"],
+                match_conf=exp["match_conf"],
+            )
             expected[(b, a)] = {**swapped, "score": score}
 
     # incomplete pairs: (1, 3) only one direction; (2, 3) both directions but no corres file
@@ -165,8 +187,10 @@ def test_round_trip_write_read(fake_cache: tuple[Path, dict], tmp_path: Path) ->
     k = (preds[2].i, preds[2].j)
     p2 = preds[2]
     means = [float(np.mean(c, dtype=np.float64)) for c in (p2.conf11, p2.conf12, p2.conf21, p2.conf22)]
-    exp[k] = {**exp[k], "score": (float(np.prod(means) ** 0.25),
-                                  float(np.sum(p2.match_conf, dtype=np.float64)), p2.n_matches)}
+    exp[k] = {
+        **exp[k],
+        "score": (float(np.prod(means) ** 0.25), float(np.sum(p2.match_conf, dtype=np.float64)), p2.n_matches),
+    }
     _check(back, exp)
     # the files are what naver's tools load: plain tuples of tensors
     h0, h1 = md5(IMAGES[0]), md5(IMAGES[1])

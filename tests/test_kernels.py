@@ -1,6 +1,6 @@
 """The compiled kernels (sparsega.alignment.kernels) against their autograd twins (sparsega.alignment.losses and
-SparseAligner.cameras): loss values and gradients (table, anchor depths, and through SparseAligner the optimised parameters), the camera model, edge cases,
-and a full alignment."""
+SparseAligner.cameras): loss values and gradients (table, anchor depths, and through SparseAligner the optimised
+parameters), the camera model, edge cases, and a full alignment."""
 
 from __future__ import annotations
 
@@ -11,9 +11,7 @@ import pytest
 import roma
 import torch
 
-from sparsega import AlignConfig, align
-
-from sparsega import sim
+from sparsega import AlignConfig, align, sim
 from sparsega.alignment.compiled import fallback_blocks
 from sparsega.alignment.kernels import fallback
 from sparsega.alignment.kernels.common import KERNEL_GAMMAS
@@ -229,8 +227,9 @@ def test_full_alignment_fast_matches_naive(dt, max_deg, impl):
     sc, preds = _orbit_preds()
     cams = {}
     for backend in (impl, "autograd"):
-        cams[backend] = align(preds, progress=False, niter1=150, niter2=150, clean_depth=False, dtype=dt,
-                              loss_backend=backend)
+        cams[backend] = align(
+            preds, progress=False, niter1=150, niter2=150, clean_depth=False, dtype=dt, loss_backend=backend
+        )
     cams = {True: cams[impl], False: cams["autograd"]}
     # the global frame is a gauge freedom (the root's pose gets noise-level gradients that Adam amplifies):
     # compare the poses relative to camera 0

@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import load_golden
 from sparsega import ConfigError, GraphError, InputError
 from sparsega.alignment.kinematic import (
     HCLUST_METHODS,
@@ -17,6 +16,8 @@ from sparsega.alignment.kinematic import (
     hclust_tree,
     minimum_spanning_tree,
 )
+
+from conftest import load_golden
 
 G = load_golden("blocks/graph.npz")
 CASES = list(range(int(G["n_cases"])))
@@ -116,8 +117,11 @@ def test_disconnected_graph_raises_and_lists_components():
     groups = connected_components(scores)
     assert [g.tolist() for g in groups] == [[0, 2, 4], [1, 3], [5]]
     sizes = np.full((6, 2), 64)
-    for make in (lambda: minimum_spanning_tree(scores), lambda: hclust_tree(scores, sizes, S),
-                 lambda: build_tree("hclust-single", scores, sizes, S)):
+    for make in (
+        lambda: minimum_spanning_tree(scores),
+        lambda: hclust_tree(scores, sizes, S),
+        lambda: build_tree("hclust-single", scores, sizes, S),
+    ):
         with pytest.raises(GraphError, match=r"\[0, 2, 4\], \[1, 3\], \[5\]"):
             make()
     # a self-score does not connect an image
@@ -151,8 +155,14 @@ def test_tree_helpers():
 
 @pytest.mark.parametrize(
     "root,edges,word",
-    [(5, [[0, 1]], "root"), (0, [[0, 1], [0, 1]], "exactly one"), (0, [[1, 2], [0, 1]], "parent before"),
-     (0, [[0, 0]], "exactly one"), (0, [[0, 1, 2]], "integer array"), (0, [[0.0, 1.0]], "integer array")],
+    [
+        (5, [[0, 1]], "root"),
+        (0, [[0, 1], [0, 1]], "exactly one"),
+        (0, [[1, 2], [0, 1]], "parent before"),
+        (0, [[0, 0]], "exactly one"),
+        (0, [[0, 1, 2]], "integer array"),
+        (0, [[0.0, 1.0]], "integer array"),
+    ],
 )
 def test_bad_trees_are_refused(root, edges, word):
     with pytest.raises(InputError, match=word):

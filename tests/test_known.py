@@ -7,23 +7,21 @@ import functools
 import numpy as np
 import pytest
 
-from sparsega import InputError, align, metrics
-
-from sparsega import sim
+from sparsega import InputError, align, metrics, sim
 from sparsega.alignment.known import similarity_from_cameras
 from sparsega.frontend.pairs import make_pairs, unique_pairs
 
 N = 12
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _case():
     sc = sim.make_scene("orbit", n_views=N, height=96, width=128, seed=1)
     preds = sim.simulate_predictions(sc, unique_pairs(make_pairs(N, "swin-3")), seed=1)
     return sc, preds
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _free():
     sc, preds = _case()
     return align(preds, progress=False)

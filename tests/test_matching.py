@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import load_golden
 
 import sparsega.frontend.matching as matching
 from sparsega.errors import InputError
@@ -16,6 +15,8 @@ from sparsega.frontend.matching import (
     merge_correspondences,
     pair_score,
 )
+
+from conftest import load_golden
 
 G = load_golden("blocks/matching.npz")
 KEYS = ("11", "21", "22", "12")
@@ -108,7 +109,7 @@ def _surface(h: int, w: int) -> np.ndarray:
 def test_match_pointmaps_3d_recovers_the_shift() -> None:
     big = _surface(60, 80)
     dx, dy = 6, 3
-    p1, p2 = big[:48, :64], big[dy:dy + 40, dx:dx + 56]  # image 2 = image 1 shifted by (dx, dy)
+    p1, p2 = big[:48, :64], big[dy : dy + 40, dx : dx + 56]  # image 2 = image 1 shifted by (dx, dy)
     rng = np.random.default_rng(0)
     c1, c2 = 1 + rng.random((48, 64), dtype=np.float32), 1 + rng.random((40, 56), dtype=np.float32)
     xy1, xy2, conf = match_pointmaps_3d([p1, p2, p2, p1], [c1, c2, c2, c1], subsample=8)

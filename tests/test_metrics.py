@@ -69,8 +69,19 @@ def test_perfect_on_identical_inputs() -> None:
     gt = random_poses(7)
     f = np.linspace(300, 400, 7)
     m = camera_metrics(gt, gt, f, f, extent=5.0)
-    assert set(m) == {"ate", "ate_rel", "rot_err_med", "trans_err_med", "rra5", "rra15", "rta5", "rta15", "auc5",
-                      "maa30", "focal_err_med"}
+    assert set(m) == {
+        "ate",
+        "ate_rel",
+        "rot_err_med",
+        "trans_err_med",
+        "rra5",
+        "rra15",
+        "rta5",
+        "rta15",
+        "auc5",
+        "maa30",
+        "focal_err_med",
+    }
     for key in ("ate", "ate_rel", "rot_err_med", "trans_err_med", "focal_err_med"):
         assert m[key] == pytest.approx(0.0, abs=1e-6), key
     for key in ("rra5", "rra15", "rta5", "rta15", "auc5", "maa30"):

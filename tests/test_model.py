@@ -9,12 +9,13 @@ import re
 import numpy as np
 import pytest
 import torch
-from conftest import GOLDEN, load_golden
 from torch import nn
 
 from sparsega.errors import InputError
 from sparsega.frontend.model import MASt3RNet, build_net, load_checkpoint
 from sparsega.frontend.model.rope import RoPE2D
+
+from conftest import GOLDEN, load_golden
 
 MAST3R_CASES = ["land", "mixed", "diffshape"]
 DUST3R_CASES = ["land", "mixed"]
@@ -198,7 +199,10 @@ def test_rope_relative_positions() -> None:
 
 @pytest.mark.parametrize(
     "name, head_cls",
-    [("MASt3R_ViTLarge_BaseDecoder_512_catmlpdpt_metric", "CatMLPDPTHead"), ("DUSt3R_ViTLarge_BaseDecoder_512_dpt", "DPTHead")],
+    [
+        ("MASt3R_ViTLarge_BaseDecoder_512_catmlpdpt_metric", "CatMLPDPTHead"),
+        ("DUSt3R_ViTLarge_BaseDecoder_512_dpt", "DPTHead"),
+    ],
 )
 def test_official_vit_large_layout(name: str, head_cls: str) -> None:
     """The official constructor strings build exactly the official state-dict keys, shapes, dtypes and order."""

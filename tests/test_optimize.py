@@ -1,16 +1,22 @@
 """Losses, schedules (golden), kinematic-chain composition (fast vs naive twin), optimiser mechanics."""
 
-import math
-
 import numpy as np
 import pytest
 import roma
 import torch
 
-from conftest import load_golden
 from sparsega.alignment.kernels.common import gamma_offset
-from sparsega.alignment.losses import (backproject, compose_chain, cosine_schedule, gamma_loss, linear_schedule, project,
-                                       tree_levels)
+from sparsega.alignment.losses import (
+    backproject,
+    compose_chain,
+    cosine_schedule,
+    gamma_loss,
+    linear_schedule,
+    project,
+    tree_levels,
+)
+
+from conftest import load_golden
 
 G = load_golden("blocks/losses_schedules.npz")
 
@@ -41,7 +47,7 @@ def test_schedules_golden():
 def _random_tree(n, rng):
     parent = [-1] + [int(rng.integers(0, k)) for k in range(1, n)]
     perm = rng.permutation(n)  # relabel so the root is not node 0
-    edges, order = [], [0]
+    edges = []
     children = {k: [c for c in range(n) if parent[c] == k] for k in range(n)}
     q = [0]
     while q:
@@ -86,16 +92,14 @@ def test_project_inverts_backproject(dtype):
 def test_stage1_peak_lr_depends_on_the_start(pose_init):
     """Adam's first step moves every parameter with a clear gradient by the peak lr: lr1_procrustes from
     the chained Procrustes poses, the reference's lr1 from identity."""
-    from sparsega import AlignConfig
-    from sparsega import sim
-    from sparsega.alignment.problem import build_problem
+    from sparsega import AlignConfig, sim
     from sparsega.alignment.optimizer import SparseAligner
+    from sparsega.alignment.problem import build_problem
     from sparsega.frontend.pairs import make_pairs, unique_pairs
 
     sc = sim.make_scene("orbit", 4, 64, 96)
     preds = sim.simulate_predictions(sc, unique_pairs(make_pairs(4, "complete")), seed=0)
-    cfg = AlignConfig(progress=False, niter1=1, pose_init=pose_init, lr1=0.05, lr1_procrustes=0.004,
-                      dtype="float64")
+    cfg = AlignConfig(progress=False, niter1=1, pose_init=pose_init, lr1=0.05, lr1_procrustes=0.004, dtype="float64")
     al = SparseAligner(build_problem(preds, cfg)[0], cfg)
     before = al.trans.clone()
     al.run_stage(1)

@@ -1,16 +1,18 @@
-"""Tests of sparsega.frontend.pairs: reference scene graphs (golden), structure for other sizes, errors, unique_pairs."""
+"""Tests of sparsega.frontend.pairs: reference scene graphs (golden), structure for other sizes, errors,
+unique_pairs."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import load_golden
 
 from sparsega.errors import ConfigError, InputError
 from sparsega.frontend.pairs import make_pairs, parse_scene_graph, unique_pairs
 
+from conftest import load_golden
+
 GOLDEN = load_golden("blocks/make_pairs.npz")
-MODES = [k[len("pairs_"):] for k in GOLDEN if k.startswith("pairs_")]
+MODES = [k[len("pairs_") :] for k in GOLDEN if k.startswith("pairs_")]
 
 
 def _as_set(p: np.ndarray) -> set[tuple[int, int]]:
@@ -53,7 +55,9 @@ def test_structure(n: int) -> None:
         lw = make_pairs(n, f"logwin-{k}-noncyclic", symmetrize=False)
         assert _as_set(lw) == {(i, j) for i, j in full if i < j and j - i in offs}
         lwc = make_pairs(n, f"logwin-{k}", symmetrize=False)
-        assert _as_set(lwc) == {(i, j) for i, j in full if i < j and any((j - i - o) % n == 0 or (i - j - o) % n == 0 for o in offs)}
+        assert _as_set(lwc) == {
+            (i, j) for i, j in full if i < j and any((j - i - o) % n == 0 or (i - j - o) % n == 0 for o in offs)
+        }
         for p in (cyc, non, lw, lwc):
             assert (p[:, 0] != p[:, 1]).all()  # no self pairs, even for windows >= n
             assert len(_as_set(p)) == len(p)
@@ -66,8 +70,9 @@ def test_single_image_pairs_with_itself() -> None:
         np.testing.assert_array_equal(make_pairs(1, mode), [[0, 0]])
 
 
-@pytest.mark.parametrize("bad", ["full", "swin-x", "swin-0", "logwin-3-cyclic", "oneref-a", "complete-2", "", "swin-3-4",
-                                 "Swin-3"])
+@pytest.mark.parametrize(
+    "bad", ["full", "swin-x", "swin-0", "logwin-3-cyclic", "oneref-a", "complete-2", "", "swin-3-4", "Swin-3"]
+)
 def test_bad_names(bad: str) -> None:
     with pytest.raises(ConfigError, match=repr(bad).strip("'") or "scene graph"):
         make_pairs(5, bad)

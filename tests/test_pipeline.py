@@ -12,6 +12,7 @@ import pytest
 import sparsega
 from sparsega.errors import CacheError, ConfigError, InputError
 from sparsega.frontend.model import MASt3RNet, load_checkpoint
+
 from _netutils import CallCounter, write_images
 
 GOLDEN = Path(__file__).parent / "data" / "golden"
@@ -35,8 +36,9 @@ def paths(tmp_path_factory: pytest.TempPathFactory) -> list[str]:
     return write_images(tmp_path_factory.mktemp("photos"), [(96, 128), (96, 128), (128, 96)], seed=3)
 
 
-def test_reconstruct_scene_and_cached_rerun(net: MASt3RNet, paths: list[str], cache: Path,
-                                            monkeypatch: pytest.MonkeyPatch) -> None:
+def test_reconstruct_scene_and_cached_rerun(
+    net: MASt3RNet, paths: list[str], cache: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     shutil.rmtree(cache, ignore_errors=True)
     scene = sparsega.reconstruct(paths, net, "complete", size=64, cache_dir=cache, **FAST)
     assert scene.cam2w.shape == (3, 4, 4) and scene.intrinsics.shape == (3, 3, 3)
@@ -74,8 +76,9 @@ def test_dust3r_checkpoint_path_uses_3d_matching(paths: list[str]) -> None:
 
 def test_known_intrinsics_in_original_pixels(net: MASt3RNet, paths: list[str], cache: Path) -> None:
     K0 = np.array([[150.0, 0, 63.5], [0, 150.0, 47.5], [0, 0, 1]])  # of the 128x96 photo
-    scene = sparsega.reconstruct(paths, net, "complete", size=64, known_intrinsics={paths[1]: K0},
-                                 cache_dir=cache, **FAST)
+    scene = sparsega.reconstruct(
+        paths, net, "complete", size=64, known_intrinsics={paths[1]: K0}, cache_dir=cache, **FAST
+    )
     # 128x96 -> 64x48 (no crop): focal halves; pixel centres: c = (c0 + 0.5) / 2 - 0.5
     np.testing.assert_allclose(scene.intrinsics[1], [[75, 0, 31.5], [0, 75, 23.5], [0, 0, 1]], atol=1e-4)
     np.testing.assert_allclose(scene.net_to_orig[1] @ scene.intrinsics[1], K0, atol=1e-3)
@@ -87,8 +90,7 @@ def test_duplicates_and_single_image(net: MASt3RNet, paths: list[str], cache: Pa
     copy = tmp_path / "copy.png"
     shutil.copy(paths[0], copy)
     with pytest.warns(UserWarning, match="same content"):
-        scene = sparsega.reconstruct([paths[0], paths[1], str(copy)], net, "complete", size=64, cache_dir=cache,
-                                     **FAST)
+        scene = sparsega.reconstruct([paths[0], paths[1], str(copy)], net, "complete", size=64, cache_dir=cache, **FAST)
     assert scene.image_paths == paths[:2]
     single = sparsega.reconstruct(paths[2], net, "swin-5", size=64, **FAST)
     assert single.cam2w.shape == (1, 4, 4) and single.depthmaps[0].shape == (64, 48)

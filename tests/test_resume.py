@@ -28,8 +28,21 @@ FAST = ["--scene-graph", "complete", "--niter1", "20", "--niter2", "20", "--quie
 
 
 def _cmd(images: list[str], out: Path, cache: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "sparsega", "reconstruct", *images, "-c", str(CKPT), "-o", str(out),
-            "--cache-dir", str(cache), *FAST, *extra]
+    return [
+        sys.executable,
+        "-m",
+        "sparsega",
+        "reconstruct",
+        *images,
+        "-c",
+        str(CKPT),
+        "-o",
+        str(out),
+        "--cache-dir",
+        str(cache),
+        *FAST,
+        *extra,
+    ]
 
 
 def _entries(cache: Path) -> dict[str, int]:

@@ -20,12 +20,9 @@ import pytest
 import torch
 from PIL import Image
 
-from sparsega import cli
-
-from sparsega.alignment.kernels import match as match_kernel
-
-from sparsega import sim
+from sparsega import cli, sim
 from sparsega.alignment.api import align
+from sparsega.alignment.kernels import match as match_kernel
 from sparsega.errors import CacheError, CheckpointError, ConfigError, GraphError, InputError
 from sparsega.frontend.pairs import make_pairs
 from sparsega.types import AlignConfig, PairPrediction
@@ -33,7 +30,6 @@ from sparsega.types import AlignConfig, PairPrediction
 GOLDEN = Path(__file__).parent / "data" / "golden"
 CKPT = GOLDEN / "model_tiny_a.pth"
 CFG = AlignConfig(niter1=40, niter2=40, progress=False)
-
 
 
 # ---------------------------------------------------------------------------------------------- helpers
@@ -91,21 +87,32 @@ BAD_CLI = [
     ("empty-folder", ["reconstruct", "{d}/empty", "-c", str(CKPT), "-o", "{out}"], ["empty", "no images"]),
     ("missing-path", ["reconstruct", "{d}/nope.jpg", "-c", str(CKPT), "-o", "{out}"], ["nope.jpg", "no such"]),
     ("missing-checkpoint", ["reconstruct", "{d}/a.jpg", "-c", "{d}/absent.pth", "-o", "{out}"], ["absent.pth"]),
-    ("unknown-scene-graph", ["reconstruct", "{d}/a.jpg", "{d}/b.png", "-c", str(CKPT), "-o", "{out}",
-                             "--scene-graph", "star-3"], ["star-3"]),
+    (
+        "unknown-scene-graph",
+        ["reconstruct", "{d}/a.jpg", "{d}/b.png", "-c", str(CKPT), "-o", "{out}", "--scene-graph", "star-3"],
+        ["star-3"],
+    ),
     ("negative-niter", ["reconstruct", "{d}/a.jpg", "-c", str(CKPT), "-o", "{out}", "--niter1", "-5"], ["niter1"]),
     ("zero-lr", ["reconstruct", "{d}/a.jpg", "-c", str(CKPT), "-o", "{out}", "--lr1", "0"], ["lr1", "> 0"]),
     ("negative-lr", ["reconstruct", "{d}/a.jpg", "-c", str(CKPT), "-o", "{out}", "--lr2", "-0.1"], ["lr2"]),
     ("nan-lr", ["reconstruct", "{d}/a.jpg", "-c", str(CKPT), "-o", "{out}", "--lr2", "nan"], ["lr2"]),
-    ("subsample-3", ["reconstruct", "{d}/a.jpg", "-c", str(CKPT), "-o", "{out}", "--subsample", "3"],
-     ["subsample", "dividing 16"]),
-    ("subsample-32", ["reconstruct", "{d}/a.jpg", "-c", str(CKPT), "-o", "{out}", "--subsample", "32"],
-     ["subsample"]),
-    ("output-under-a-file", ["reconstruct", "{d}/a.jpg", "-c", str(CKPT), "-o", "{d}/a_file/out"],
-     ["a_file", "not a folder"]),
+    (
+        "subsample-3",
+        ["reconstruct", "{d}/a.jpg", "-c", str(CKPT), "-o", "{out}", "--subsample", "3"],
+        ["subsample", "dividing 16"],
+    ),
+    ("subsample-32", ["reconstruct", "{d}/a.jpg", "-c", str(CKPT), "-o", "{out}", "--subsample", "32"], ["subsample"]),
+    (
+        "output-under-a-file",
+        ["reconstruct", "{d}/a.jpg", "-c", str(CKPT), "-o", "{d}/a_file/out"],
+        ["a_file", "not a folder"],
+    ),
     ("demo-output-under-a-file", ["demo", "-o", "{d}/a_file/out", "--n-views", "3"], ["a_file", "not a folder"]),
-    ("align-cache-output-under-a-file", ["align-cache", "{d}/empty", "--images", "{d}/a.jpg", "-o",
-                                         "{d}/a_file/sub/out"], ["a_file", "not a folder"]),
+    (
+        "align-cache-output-under-a-file",
+        ["align-cache", "{d}/empty", "--images", "{d}/a.jpg", "-o", "{d}/a_file/sub/out"],
+        ["a_file", "not a folder"],
+    ),
 ]
 
 
@@ -143,24 +150,41 @@ def test_output_that_is_a_file_refused(capsys, tmp_path):
 def test_subprocess_error_has_no_traceback(files, tmp_path):
     """The real console entry point: one line on stderr, exit 2, nothing written."""
     out = tmp_path / "out"
-    res = subprocess.run([sys.executable, "-m", "sparsega", "reconstruct", str(files / "a.jpg"), "-c", str(CKPT),
-                          "-o", str(files / "a_file" / "out")], capture_output=True, text=True, timeout=120)
+    res = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "sparsega",
+            "reconstruct",
+            str(files / "a.jpg"),
+            "-c",
+            str(CKPT),
+            "-o",
+            str(files / "a_file" / "out"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     _error_line(res.returncode, res.stderr, "a_file")
     assert not out.exists()
 
 
 # --------------------------------------------------------------------------------- the API side (types)
-@pytest.mark.parametrize("override,exc,needle", [
-    ({"niter1": -1}, ConfigError, "niter1"),
-    ({"niter2": 1.5}, ConfigError, "niter2"),
-    ({"lr1": 0.0}, ConfigError, "lr1"),
-    ({"lr2": float("inf")}, ConfigError, "lr2"),
-    ({"subsample": 3}, ConfigError, "subsample"),
-    ({"subsample": 0}, ConfigError, "subsample"),
-    ({"matching_conf_thr": float("nan")}, ConfigError, "matching_conf_thr"),
-    ({"kinematic_mode": "tree"}, ConfigError, "kinematic_mode"),
-    ({"no_such_option": 1}, ConfigError, "no_such_option"),
-])
+@pytest.mark.parametrize(
+    "override,exc,needle",
+    [
+        ({"niter1": -1}, ConfigError, "niter1"),
+        ({"niter2": 1.5}, ConfigError, "niter2"),
+        ({"lr1": 0.0}, ConfigError, "lr1"),
+        ({"lr2": float("inf")}, ConfigError, "lr2"),
+        ({"subsample": 3}, ConfigError, "subsample"),
+        ({"subsample": 0}, ConfigError, "subsample"),
+        ({"matching_conf_thr": float("nan")}, ConfigError, "matching_conf_thr"),
+        ({"kinematic_mode": "tree"}, ConfigError, "kinematic_mode"),
+        ({"no_such_option": 1}, ConfigError, "no_such_option"),
+    ],
+)
 def test_nonsense_options_api(override, exc, needle):
     preds = sim.simulate_predictions(sim.make_scene("orbit", 2, 48, 64, seed=0), [[0, 1]], seed=0)
     with pytest.raises(exc, match=needle) as err:
@@ -189,9 +213,13 @@ def test_cache_from_another_checkpoint_api(tmp_path):
 def test_bad_checkpoints_api(files):
     from sparsega import load_checkpoint
 
-    for name, needle in (("not_a_ckpt.pth", "not a (readable|torch) checkpoint"), ("trunc.pth", "not a readable"),
-                         ("missing_keys.pth", "missing key"), ("a.jpg", "not a (readable|torch) checkpoint"),
-                         ("absent.pth", "no such")):
+    for name, needle in (
+        ("not_a_ckpt.pth", "not a (readable|torch) checkpoint"),
+        ("trunc.pth", "not a readable"),
+        ("missing_keys.pth", "missing key"),
+        ("a.jpg", "not a (readable|torch) checkpoint"),
+        ("absent.pth", "no such"),
+    ):
         with pytest.raises(CheckpointError, match=needle) as err:
             load_checkpoint(files / name)
         assert name in str(err.value) and "\n" not in str(err.value)
@@ -324,8 +352,23 @@ def test_non_finite_loss_stops_at_last_finite_state(orbit, monkeypatch, caplog, 
 def test_non_finite_loss_is_in_the_cli_report(capsys, monkeypatch, tmp_path):
     _nan_loss_at(monkeypatch, 2, call=3)
     out = tmp_path / "out"
-    rc, _, err = _main(capsys, "demo", "-o", out, "--n-views", "3", "--height", "48", "--width", "64",
-                       "--niter1", "10", "--niter2", "10", "--quiet")
+    rc, _, err = _main(
+        capsys,
+        "demo",
+        "-o",
+        out,
+        "--n-views",
+        "3",
+        "--height",
+        "48",
+        "--width",
+        "64",
+        "--niter1",
+        "10",
+        "--niter2",
+        "10",
+        "--quiet",
+    )
     assert rc == 0, err
     assert "non-finite loss" in err
     losses = json.loads((out / "report.json").read_text())["losses"]
@@ -359,9 +402,9 @@ class _Evil:
 
 
 def test_pickle_in_saved_scene_is_never_executed(tmp_path, capsys):
-    from _scenes import plane_scene
-
     from sparsega.scene import Scene
+
+    from _scenes import plane_scene
 
     marker = tmp_path / "PWNED"
     folder = tmp_path / "out"
@@ -395,8 +438,9 @@ def _png(path: Path, arr: np.ndarray, mode: str | None = None) -> str:
     return str(path)
 
 
-@pytest.mark.parametrize("name", ["text.png", "trunc.jpg", "zero.jpg", "tiny.png", "trunc.pth", "not_a_ckpt.pth",
-                                  "missing_keys.pth"])
+@pytest.mark.parametrize(
+    "name", ["text.png", "trunc.jpg", "zero.jpg", "tiny.png", "trunc.pth", "not_a_ckpt.pth", "missing_keys.pth"]
+)
 def test_bad_file_through_reconstruct(capsys, files, tmp_path, name):
     out = tmp_path / "out"
     if name.endswith(".pth"):
@@ -441,8 +485,7 @@ def test_same_content_under_two_names_works(capsys, files, tmp_path):
 
     shutil.copy(files / "a.jpg", tmp_path / "copy.jpg")
     out = tmp_path / "out"
-    rc, _, err = _main(capsys, "reconstruct", files / "a.jpg", tmp_path / "copy.jpg", files / "b.png", "-o", out,
-                       *E2E)
+    rc, _, err = _main(capsys, "reconstruct", files / "a.jpg", tmp_path / "copy.jpg", files / "b.png", "-o", out, *E2E)
     assert rc == 0, err
 
 

@@ -27,13 +27,20 @@ def all_pairs(n: int) -> np.ndarray:
     return np.array(list(itertools.combinations(range(n), 2)))
 
 
-def geometry(spheres: list[list[float]] = (), boxes: list[list[float]] = (), lo=(-10, -10, -10), hi=(10, 10, 10)
-             ) -> Geometry:
+def geometry(
+    spheres: list[list[float]] = (), boxes: list[list[float]] = (), lo=(-10, -10, -10), hi=(10, 10, 10)
+) -> Geometry:
     sph = np.asarray(spheres, np.float64).reshape(-1, 4)
     bxs = np.asarray(boxes, np.float64).reshape(-1, 7)
     colors = np.full((6 + len(sph) + len(bxs), 3), 0.5)
-    return Geometry(room_lo=np.asarray(lo, float), room_hi=np.asarray(hi, float), spheres=sph, boxes=bxs,
-                    colors=colors, waves=np.zeros((3, 4)))
+    return Geometry(
+        room_lo=np.asarray(lo, float),
+        room_hi=np.asarray(hi, float),
+        spheres=sph,
+        boxes=bxs,
+        colors=colors,
+        waves=np.zeros((3, 4)),
+    )
 
 
 def intrinsics(f: float, h: int, w: int) -> np.ndarray:

@@ -65,15 +65,18 @@ def evaluate_scene(scene: Scene, gt: dict[str, dict[str, Any]]) -> dict[str, Any
     return clean_metrics(res)
 
 
-
 def evaluate_by_index(scene: Scene, gt_cam2w: np.ndarray, gt_focals: np.ndarray, extent: float) -> dict[str, Any]:
     """Camera metrics of ``scene`` against ground truth given per input image (``gt_cam2w (M, 4, 4)``,
     ``gt_focals (M,)`` in the scene's network pixels): view k is compared to input ``scene.image_index[k]``, so
     one component of a split graph is evaluated against its own images."""
     idx = np.asarray(scene.image_index, dtype=np.int64)
-    res = metrics.camera_metrics(scene.cam2w.astype(np.float64), np.asarray(gt_cam2w, np.float64)[idx],
-                                 scene.focals.astype(np.float64), np.asarray(gt_focals, np.float64)[idx],
-                                 float(extent))
+    res = metrics.camera_metrics(
+        scene.cam2w.astype(np.float64),
+        np.asarray(gt_cam2w, np.float64)[idx],
+        scene.focals.astype(np.float64),
+        np.asarray(gt_focals, np.float64)[idx],
+        float(extent),
+    )
     return clean_metrics(res)
 
 

@@ -59,7 +59,6 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
                 pass
 
 
-
 def replace_dir(src: Path, dest: Path) -> None:
     """Move the folder ``src`` to ``dest``, replacing any existing ``dest`` without a moment where neither exists
     under ``dest``'s name: the old folder is renamed aside first and deleted after."""
@@ -113,4 +112,3 @@ def staged_dir(out_dir: PathLike, overwrite: bool = False, merge: bool = False) 
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-

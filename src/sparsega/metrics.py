@@ -14,7 +14,7 @@ Conventions:
 from __future__ import annotations
 
 import logging
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -113,8 +113,9 @@ def ate_rel(est_cam2w: np.ndarray, gt_cam2w: np.ndarray, extent: float, align: s
 def _rot_angle_deg(rel: np.ndarray) -> np.ndarray:
     """Rotation angles (degrees) of (..., 3, 3) rotation matrices, stable near 0 and 180 degrees."""
     # angle = atan2(|axis * sin|, cos) with 2 sin = |R - R^T| vee, 2 cos = trace - 1
-    vee = np.stack([rel[..., 2, 1] - rel[..., 1, 2], rel[..., 0, 2] - rel[..., 2, 0],
-                    rel[..., 1, 0] - rel[..., 0, 1]], axis=-1)
+    vee = np.stack(
+        [rel[..., 2, 1] - rel[..., 1, 2], rel[..., 0, 2] - rel[..., 2, 0], rel[..., 1, 0] - rel[..., 0, 1]], axis=-1
+    )
     sin2 = np.linalg.norm(vee, axis=-1)
     cos2 = np.trace(rel, axis1=-2, axis2=-1) - 1.0
     return np.degrees(np.arctan2(sin2, cos2))
@@ -138,8 +139,9 @@ def angle_between_deg(a: np.ndarray, b: np.ndarray, eps: float = 1e-12) -> np.nd
     return ang
 
 
-def relative_pose_errors(est_cam2w: np.ndarray, gt_cam2w: np.ndarray, ambiguity: bool = False
-                         ) -> tuple[np.ndarray, np.ndarray]:
+def relative_pose_errors(
+    est_cam2w: np.ndarray, gt_cam2w: np.ndarray, ambiguity: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
     """Relative rotation and translation-direction errors over all pairs i < j (row-major pair order).
 
     Args:
@@ -221,6 +223,7 @@ def maa(rot_err: np.ndarray, trans_err: np.ndarray, max_threshold: int = 30) -> 
 
 def focal_error(est_focals: np.ndarray, gt_focals: np.ndarray) -> np.ndarray:
     """(N,) relative focal errors ``|f_est - f_gt| / f_gt`` (focals in pixels, or (N, 3, 3) intrinsics)."""
+
     def focals(name: str, x: np.ndarray) -> np.ndarray:
         arr = np.asarray(x, np.float64)
         if arr.ndim == 3 and arr.shape[1:] == (3, 3):
@@ -237,8 +240,12 @@ def focal_error(est_focals: np.ndarray, gt_focals: np.ndarray) -> np.ndarray:
     return np.abs(e - g) / g
 
 
-def depth_abs_rel(est_depths: Sequence[np.ndarray] | np.ndarray, gt_depths: Sequence[np.ndarray] | np.ndarray,
-                  scale: str | None = "median", per_image: bool = False) -> float:
+def depth_abs_rel(
+    est_depths: Sequence[np.ndarray] | np.ndarray,
+    gt_depths: Sequence[np.ndarray] | np.ndarray,
+    scale: str | None = "median",
+    per_image: bool = False,
+) -> float:
     """AbsRel = mean over valid pixels of ``|s d - g| / g``.
 
     Args:
@@ -283,8 +290,13 @@ def depth_abs_rel(est_depths: Sequence[np.ndarray] | np.ndarray, gt_depths: Sequ
     return num / sum(len(g) for g in gs)
 
 
-def camera_metrics(est_cam2w: np.ndarray, gt_cam2w: np.ndarray, est_focals: np.ndarray | None = None,
-                   gt_focals: np.ndarray | None = None, extent: float | None = None) -> dict[str, float]:
+def camera_metrics(
+    est_cam2w: np.ndarray,
+    gt_cam2w: np.ndarray,
+    est_focals: np.ndarray | None = None,
+    gt_focals: np.ndarray | None = None,
+    extent: float | None = None,
+) -> dict[str, float]:
     """Every camera metric in one call.
 
     Returns a dict with ``ate`` (Sim(3)-aligned, ground-truth units), ``ate_rel`` (ate / extent; NaN when no
@@ -313,6 +325,17 @@ def camera_metrics(est_cam2w: np.ndarray, gt_cam2w: np.ndarray, est_focals: np.n
 
 
 __all__ = [
-    "umeyama_sim3", "align_poses", "ate", "ate_rel", "relative_pose_errors", "rotation_error_deg",
-    "angle_between_deg", "rra_rta", "auc", "maa", "focal_error", "depth_abs_rel", "camera_metrics",
+    "umeyama_sim3",
+    "align_poses",
+    "ate",
+    "ate_rel",
+    "relative_pose_errors",
+    "rotation_error_deg",
+    "angle_between_deg",
+    "rra_rta",
+    "auc",
+    "maa",
+    "focal_error",
+    "depth_abs_rel",
+    "camera_metrics",
 ]

@@ -1,7 +1,8 @@
 """``sparsega.reconstruct``: photos + checkpoint -> :class:`~sparsega.scene.Scene`.
 
 Stages (each timed in ``scene.info["timings_s"]``): load the images at the network size, run the network over the
-scene graph (:func:`~sparsega.frontend.inference.run_pairs`, optionally cached on disk), align (:func:`~sparsega.align`).
+scene graph (:func:`~sparsega.frontend.inference.run_pairs`, optionally cached on disk), align
+(:func:`~sparsega.align`).
 The scene stays in network pixels; ``scene.net_to_orig`` and ``scene.original_sizes`` carry the map back to the
 original photos for exports.
 """
@@ -112,7 +113,8 @@ def reconstruct(
         known_poses: ``{path: cam2w (4, 4)}`` (OpenCV convention, any frame and scale).
         progress: progress bars.
         executor: ``"local"`` (this process) or ``"ray"``: pair inference on ``workers`` Ray workers
-            (:func:`~sparsega.frontend.distributed.run_pairs_ray`; same predictions bit for bit; needs a checkpoint path).
+            (:func:`~sparsega.frontend.distributed.run_pairs_ray`; same predictions bit for bit; needs a checkpoint
+            path).
         ray_address: ``"host:port"`` of a Ray cluster (then ``cache_dir`` must be shared by all nodes); None: a
             local cluster.
         workers: Ray workers.
@@ -151,8 +153,9 @@ def reconstruct(
     elif hasattr(checkpoint_or_net, "encode") and hasattr(checkpoint_or_net, "decode_pair"):
         net = checkpoint_or_net
     else:
-        raise InputError(f"checkpoint_or_net must be a checkpoint path or a network, got "
-                         f"{type(checkpoint_or_net).__name__}")
+        raise InputError(
+            f"checkpoint_or_net must be a checkpoint path or a network, got {type(checkpoint_or_net).__name__}"
+        )
     timings["load_checkpoint"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
@@ -173,22 +176,58 @@ def reconstruct(
     if executor == "ray":
         from .frontend.distributed import run_pairs_ray
 
-        preds = run_pairs_ray(checkpoint_or_net, images, pairs, cache_dir=cache_dir, ray_address=ray_address,
-                              num_workers=workers, subsample=cfg.subsample, desc_conf=desc_conf,
-                              batch_size=batch_size, autocast=autocast, device=device, progress=progress, stats=stats)
+        preds = run_pairs_ray(
+            checkpoint_or_net,
+            images,
+            pairs,
+            cache_dir=cache_dir,
+            ray_address=ray_address,
+            num_workers=workers,
+            subsample=cfg.subsample,
+            desc_conf=desc_conf,
+            batch_size=batch_size,
+            autocast=autocast,
+            device=device,
+            progress=progress,
+            stats=stats,
+        )
     else:
         # with a cache, predictions stream from disk into the aligner (memory independent of the number of pairs)
-        preds = run_pairs(net, images, pairs, subsample=cfg.subsample, desc_conf=desc_conf, cache=cache,
-                          batch_size=batch_size, autocast=autocast, progress=progress, stats=stats,
-                          stream=cache is not None)
+        preds = run_pairs(
+            net,
+            images,
+            pairs,
+            subsample=cfg.subsample,
+            desc_conf=desc_conf,
+            cache=cache,
+            batch_size=batch_size,
+            autocast=autocast,
+            progress=progress,
+            stats=stats,
+            stream=cache is not None,
+        )
     timings["inference"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    result = align(preds, cfg, images=[im.rgb for im in images], image_paths=[im.path for im in images],
-                   n_images=n, known_intrinsics=k_net or None, known_poses=poses or None, components=components)
+    result = align(
+        preds,
+        cfg,
+        images=[im.rgb for im in images],
+        image_paths=[im.path for im in images],
+        n_images=n,
+        known_intrinsics=k_net or None,
+        known_poses=poses or None,
+        components=components,
+    )
     timings["align"] = time.perf_counter() - t0
-    inference = {**stats, "scene_graph": scene_graph, "size": int(size), "executor": executor,
-                 "model": net.identity, "has_descriptors": bool(net.has_descriptors)}
+    inference = {
+        **stats,
+        "scene_graph": scene_graph,
+        "size": int(size),
+        "executor": executor,
+        "model": net.identity,
+        "has_descriptors": bool(net.has_descriptors),
+    }
 
     def finish(scene: Scene) -> Scene:
         """The photos' frames and the run record on one aligned scene."""
@@ -196,9 +235,15 @@ def reconstruct(
         info = {**scene.info, "inference": inference, "timings_s": {**align_t, **timings}}
         return dataclasses.replace(scene, info=info, **photo_frames([images[int(i)] for i in scene.image_index]))
 
-    logger.info("reconstruct: %d images, %d pairs (%d cached); load %.2fs, inference %.2fs, align %.2fs",
-                n, stats.get("n_pairs", 0), stats.get("cache_hits", 0), timings["load"], timings["inference"],
-                timings["align"])
+    logger.info(
+        "reconstruct: %d images, %d pairs (%d cached); load %.2fs, inference %.2fs, align %.2fs",
+        n,
+        stats.get("n_pairs", 0),
+        stats.get("cache_hits", 0),
+        timings["load"],
+        timings["inference"],
+        timings["align"],
+    )
     if isinstance(result, Scene):
         return finish(result)
     return ComponentResult([finish(sc) for sc in result.scenes], result.unregistered)

@@ -140,7 +140,9 @@ class Scene:
         tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
         try:
             arrays: dict[str, np.ndarray] = {
-                "cam2w": self.cam2w, "intrinsics": self.intrinsics, "net_to_orig": np.asarray(self.net_to_orig),
+                "cam2w": self.cam2w,
+                "intrinsics": self.intrinsics,
+                "net_to_orig": np.asarray(self.net_to_orig),
                 "image_index": np.asarray(self.image_index),
             }
             if self.original_sizes is not None:
@@ -151,8 +153,12 @@ class Scene:
                 arrays[f"image_{i}"] = self.images[i]
                 arrays[f"sparse_xy_{i}"] = self.sparse_xy[i]
             np.savez(tmp / "scene.npz", **arrays)
-            meta = {"format": SCENE_FORMAT, "n_images": self.n_images, "image_paths": list(self.image_paths),
-                    "info": self.info}
+            meta = {
+                "format": SCENE_FORMAT,
+                "n_images": self.n_images,
+                "image_paths": list(self.image_paths),
+                "info": self.info,
+            }
             (tmp / "scene.json").write_text(json.dumps(meta, indent=1, default=json_default))
             replace_dir(tmp, path)
         except BaseException:
@@ -161,7 +167,7 @@ class Scene:
         return path
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> "Scene":
+    def load(cls, path: str | os.PathLike) -> Scene:
         """Read a folder written by :meth:`save`."""
         path = Path(path)
         try:
@@ -177,7 +183,8 @@ class Scene:
             n = int(meta["n_images"])
             with data:
                 return cls(
-                    cam2w=data["cam2w"], intrinsics=data["intrinsics"],
+                    cam2w=data["cam2w"],
+                    intrinsics=data["intrinsics"],
                     depthmaps=[data[f"depth_{i}"] for i in range(n)],
                     confidences=[data[f"conf_{i}"] for i in range(n)],
                     images=[data[f"image_{i}"] for i in range(n)],

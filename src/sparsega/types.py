@@ -86,13 +86,23 @@ class PairPrediction:
     def n_matches(self) -> int:
         return int(len(self.match_conf))
 
-    def swapped(self) -> "PairPrediction":
+    def swapped(self) -> PairPrediction:
         """The same prediction seen as pair (j, i)."""
         return PairPrediction(
-            i=self.j, j=self.i,
-            pts11=self.pts22, conf11=self.conf22, pts21=self.pts12, conf21=self.conf12,
-            pts22=self.pts11, conf22=self.conf11, pts12=self.pts21, conf12=self.conf21,
-            xy1=self.xy2, xy2=self.xy1, match_conf=self.match_conf, score=self.score,
+            i=self.j,
+            j=self.i,
+            pts11=self.pts22,
+            conf11=self.conf22,
+            pts21=self.pts12,
+            conf21=self.conf12,
+            pts22=self.pts11,
+            conf22=self.conf11,
+            pts12=self.pts21,
+            conf12=self.conf21,
+            xy1=self.xy2,
+            xy2=self.xy1,
+            match_conf=self.match_conf,
+            score=self.score,
         )
 
     def validate(self) -> None:
@@ -101,8 +111,14 @@ class PairPrediction:
         h1, w1 = self.conf11.shape[:2] if self.conf11.ndim == 2 else (-1, -1)
         h2, w2 = self.conf22.shape[:2] if self.conf22.ndim == 2 else (-1, -1)
         expect = {
-            "pts11": (h1, w1, 3), "conf11": (h1, w1), "pts12": (h1, w1, 3), "conf12": (h1, w1),
-            "pts21": (h2, w2, 3), "conf21": (h2, w2), "pts22": (h2, w2, 3), "conf22": (h2, w2),
+            "pts11": (h1, w1, 3),
+            "conf11": (h1, w1),
+            "pts12": (h1, w1, 3),
+            "conf12": (h1, w1),
+            "pts21": (h2, w2, 3),
+            "conf21": (h2, w2),
+            "pts22": (h2, w2, 3),
+            "conf22": (h2, w2),
         }
         for key, shape in expect.items():
             arr = getattr(self, key)
@@ -211,7 +227,7 @@ class AlignConfig:
         if self.loss_backend == "kernel" and self.device != "cpu":
             raise bad("loss_backend", "the compiled kernel runs on CPU only; use 'autograd' or 'auto' on CUDA")
 
-    def replace(self, **overrides: Any) -> "AlignConfig":
+    def replace(self, **overrides: Any) -> AlignConfig:
         """A copy with some fields changed; unknown names raise :class:`ConfigError`."""
         names = {f.name for f in dataclasses.fields(self)}
         unknown = sorted(set(overrides) - names)

@@ -24,17 +24,17 @@ import numpy as np
 import torch
 
 from ..errors import ConfigError, InputError
+from ..scene import Scene
+from ..types import AlignConfig, PairPrediction
+from .clean import clean_confidences
 from .components import ISOLATED_MODES, ComponentResult, self_pair, split_components, subset_predictions
 from .optimizer import optimize
 from .problem import AlignProblem, CanonicalData, OptimState, build_problem
-from ..scene import Scene
-from .clean import clean_confidences
-from ..types import AlignConfig, PairPrediction
 
 log = logging.getLogger(__name__)
 
-def densify(state: OptimState, problem: AlignProblem, cdata: list[CanonicalData], subsample: int
-            ) -> list[np.ndarray]:
+
+def densify(state: OptimState, problem: AlignProblem, cdata: list[CanonicalData], subsample: int) -> list[np.ndarray]:
     """Dense (H, W) depth maps from the optimised anchor depths and each image's canonical depth ratios."""
     depths = []
     base = 0
@@ -55,23 +55,47 @@ def densify(state: OptimState, problem: AlignProblem, cdata: list[CanonicalData]
 
 
 @overload
-def align(predictions: Sequence[PairPrediction], config: AlignConfig | None = None, *,
-          images: Sequence[np.ndarray] | None = None, image_paths: Sequence[str] | None = None,
-          n_images: int | None = None, known_intrinsics: Any = None, known_poses: Any = None,
-          components: Literal[False] = False, **overrides: Any) -> Scene: ...
+def align(
+    predictions: Sequence[PairPrediction],
+    config: AlignConfig | None = None,
+    *,
+    images: Sequence[np.ndarray] | None = None,
+    image_paths: Sequence[str] | None = None,
+    n_images: int | None = None,
+    known_intrinsics: Any = None,
+    known_poses: Any = None,
+    components: Literal[False] = False,
+    **overrides: Any,
+) -> Scene: ...
 
 
 @overload
-def align(predictions: Sequence[PairPrediction], config: AlignConfig | None = None, *,
-          images: Sequence[np.ndarray] | None = None, image_paths: Sequence[str] | None = None,
-          n_images: int | None = None, known_intrinsics: Any = None, known_poses: Any = None,
-          components: Literal[True], **overrides: Any) -> ComponentResult: ...
+def align(
+    predictions: Sequence[PairPrediction],
+    config: AlignConfig | None = None,
+    *,
+    images: Sequence[np.ndarray] | None = None,
+    image_paths: Sequence[str] | None = None,
+    n_images: int | None = None,
+    known_intrinsics: Any = None,
+    known_poses: Any = None,
+    components: Literal[True],
+    **overrides: Any,
+) -> ComponentResult: ...
 
 
-def align(predictions: Sequence[PairPrediction], config: AlignConfig | None = None, *,
-          images: Sequence[np.ndarray] | None = None, image_paths: Sequence[str] | None = None,
-          n_images: int | None = None, known_intrinsics: Any = None, known_poses: Any = None,
-          components: bool = False, **overrides: Any) -> Scene | ComponentResult:
+def align(
+    predictions: Sequence[PairPrediction],
+    config: AlignConfig | None = None,
+    *,
+    images: Sequence[np.ndarray] | None = None,
+    image_paths: Sequence[str] | None = None,
+    n_images: int | None = None,
+    known_intrinsics: Any = None,
+    known_poses: Any = None,
+    components: bool = False,
+    **overrides: Any,
+) -> Scene | ComponentResult:
     """Sparse global alignment of pair predictions into a :class:`Scene`.
 
     Args:
@@ -86,23 +110,46 @@ def align(predictions: Sequence[PairPrediction], config: AlignConfig | None = No
             policy is documented once, in :mod:`sparsega.alignment.components`).
     """
     if components:
-        return align_components(predictions, config, images=images, image_paths=image_paths, n_images=n_images,
-                                known_intrinsics=known_intrinsics, known_poses=known_poses, **overrides)
+        return align_components(
+            predictions,
+            config,
+            images=images,
+            image_paths=image_paths,
+            n_images=n_images,
+            known_intrinsics=known_intrinsics,
+            known_poses=known_poses,
+            **overrides,
+        )
     cfg = (config or AlignConfig()).replace(**overrides) if overrides else (config or AlignConfig())
     with _torch_threads(1):
-        return _align(predictions, cfg, images=images, image_paths=image_paths, n_images=n_images,
-                      known_intrinsics=known_intrinsics, known_poses=known_poses)
+        return _align(
+            predictions,
+            cfg,
+            images=images,
+            image_paths=image_paths,
+            n_images=n_images,
+            known_intrinsics=known_intrinsics,
+            known_poses=known_poses,
+        )
 
 
 def _pick(seq: Sequence[Any] | None, idx: Sequence[int]) -> list[Any] | None:
     return None if seq is None else [seq[int(k)] for k in idx]
 
 
-def align_components(predictions: Sequence[PairPrediction], config: AlignConfig | None = None, *,
-                     images: Sequence[np.ndarray] | None = None, image_paths: Sequence[str] | None = None,
-                     n_images: int | None = None, link: Literal["matches", "trusted"] = "matches",
-                     isolated: Literal["unregistered", "self-pair"] = "unregistered",
-                     known_intrinsics: Any = None, known_poses: Any = None, **overrides: Any) -> ComponentResult:
+def align_components(
+    predictions: Sequence[PairPrediction],
+    config: AlignConfig | None = None,
+    *,
+    images: Sequence[np.ndarray] | None = None,
+    image_paths: Sequence[str] | None = None,
+    n_images: int | None = None,
+    link: Literal["matches", "trusted"] = "matches",
+    isolated: Literal["unregistered", "self-pair"] = "unregistered",
+    known_intrinsics: Any = None,
+    known_poses: Any = None,
+    **overrides: Any,
+) -> ComponentResult:
     """Align each connected component of the match graph as its own :class:`Scene`.
 
     Args:
@@ -121,13 +168,22 @@ def align_components(predictions: Sequence[PairPrediction], config: AlignConfig 
         raise ConfigError(f"isolated={isolated!r}: must be one of {', '.join(ISOLATED_MODES)}")
     cfg = (config or AlignConfig()).replace(**overrides) if overrides else (config or AlignConfig())
     with _torch_threads(1):
-        return _align_components(predictions, cfg, images, image_paths, n_images, link, isolated,
-                                 known_intrinsics, known_poses)
+        return _align_components(
+            predictions, cfg, images, image_paths, n_images, link, isolated, known_intrinsics, known_poses
+        )
 
 
-def _align_components(predictions: Sequence[PairPrediction], cfg: AlignConfig, images: Sequence[np.ndarray] | None,
-                      image_paths: Sequence[str] | None, n_images: int | None, link: str, isolated: str,
-                      known_intrinsics: Any, known_poses: Any) -> ComponentResult:
+def _align_components(
+    predictions: Sequence[PairPrediction],
+    cfg: AlignConfig,
+    images: Sequence[np.ndarray] | None,
+    image_paths: Sequence[str] | None,
+    n_images: int | None,
+    link: str,
+    isolated: str,
+    known_intrinsics: Any,
+    known_poses: Any,
+) -> ComponentResult:
     """:func:`align_components` with a resolved config."""
     split = split_components(predictions, n_images, link=link, matching_conf_thr=cfg.matching_conf_thr)
     n = split.n_images
@@ -137,16 +193,27 @@ def _align_components(predictions: Sequence[PairPrediction], cfg: AlignConfig, i
         raise InputError(f"{len(image_paths)} image paths given for {n} views")
     names = list(image_paths) if image_paths is not None else [f"view_{k:03d}" for k in range(n)]
     if not split.connected:
-        log.warning("the match graph splits into %d component(s) of >= 2 views %s and %d isolated image(s) %s",
-                    len(split.groups), [g.tolist() for g in split.groups], len(split.isolated), split.isolated)
+        log.warning(
+            "the match graph splits into %d component(s) of >= 2 views %s and %d isolated image(s) %s",
+            len(split.groups),
+            [g.tolist() for g in split.groups],
+            len(split.isolated),
+            split.isolated,
+        )
 
     scenes: list[Scene] = []
     for k, group in enumerate(split.groups):
         sub = subset_predictions(predictions, group)
         log.info("component %d: %d views %s", k, len(group), group.tolist())
-        scene = _align(sub, cfg, images=_pick(images, group), image_paths=_pick(names, group),
-                       n_images=len(group), known_intrinsics=_pick_known(known_intrinsics, group),
-                       known_poses=_pick_known(known_poses, group))
+        scene = _align(
+            sub,
+            cfg,
+            images=_pick(images, group),
+            image_paths=_pick(names, group),
+            n_images=len(group),
+            known_intrinsics=_pick_known(known_intrinsics, group),
+            known_poses=_pick_known(known_poses, group),
+        )
         scenes.append(dataclasses.replace(scene, image_index=np.asarray(group, dtype=np.int64)))
     unregistered: list[int] = []
     for idx in split.isolated:
@@ -155,12 +222,21 @@ def _align_components(predictions: Sequence[PairPrediction], cfg: AlignConfig, i
         if sp is None:
             unregistered.append(idx)
             continue
-        scene = _align([sp], cfg, images=_pick(images, [idx]), image_paths=[names[idx]], n_images=1,
-                       known_intrinsics=_pick_known(known_intrinsics, [idx]), known_poses=None)
+        scene = _align(
+            [sp],
+            cfg,
+            images=_pick(images, [idx]),
+            image_paths=[names[idx]],
+            n_images=1,
+            known_intrinsics=_pick_known(known_intrinsics, [idx]),
+            known_poses=None,
+        )
         scenes.append(dataclasses.replace(scene, image_index=np.asarray([idx], dtype=np.int64)))
     if unregistered:
-        log.warning("unregistered image(s) (no match with any other image): %s",
-                    ", ".join(f"{k} ({names[k]})" for k in unregistered))
+        log.warning(
+            "unregistered image(s) (no match with any other image): %s",
+            ", ".join(f"{k} ({names[k]})" for k in unregistered),
+        )
     return ComponentResult(scenes=scenes, unregistered=unregistered)
 
 
@@ -189,9 +265,16 @@ def _torch_threads(n: int) -> Iterator[None]:
             torch.set_num_threads(before)
 
 
-def _align(predictions: Sequence[PairPrediction], cfg: AlignConfig, *, images: Sequence[np.ndarray] | None,
-           image_paths: Sequence[str] | None, n_images: int | None, known_intrinsics: Any, known_poses: Any
-           ) -> Scene:
+def _align(
+    predictions: Sequence[PairPrediction],
+    cfg: AlignConfig,
+    *,
+    images: Sequence[np.ndarray] | None,
+    image_paths: Sequence[str] | None,
+    n_images: int | None,
+    known_intrinsics: Any,
+    known_poses: Any,
+) -> Scene:
     """:func:`align` with a resolved config."""
     t0 = time.perf_counter()
     problem, cdata, stats = build_problem(predictions, cfg, n_images)
@@ -255,11 +338,30 @@ def _align(predictions: Sequence[PairPrediction], cfg: AlignConfig, *, images: S
         "config": cfg.to_dict(),
         "world_scale": world_scale,
         "stats": {k: v for k, v in stats.items() if k not in ("pairs",)},
-        "timings_s": {"prepare": t_prep, "optimize": t_opt, "total": time.perf_counter() - t0,
-                      **{st.name: st.wall_s for st in state.stages}},
-        "stages": [{"name": st.name, "niter": st.niter_done, "loss_first": st.losses[0] if st.losses else None,
-                    "loss_last": st.losses[-1] if st.losses else None, "stopped_non_finite": st.stopped_non_finite}
-                   for st in state.stages],
+        "timings_s": {
+            "prepare": t_prep,
+            "optimize": t_opt,
+            "total": time.perf_counter() - t0,
+            **{st.name: st.wall_s for st in state.stages},
+        },
+        "stages": [
+            {
+                "name": st.name,
+                "niter": st.niter_done,
+                "loss_first": st.losses[0] if st.losses else None,
+                "loss_last": st.losses[-1] if st.losses else None,
+                "stopped_non_finite": st.stopped_non_finite,
+            }
+            for st in state.stages
+        ],
     }
-    return Scene(cam2w=cam2w, intrinsics=K, depthmaps=depths, confidences=confs, images=imgs,
-                 image_paths=paths, sparse_xy=sparse_xy, info=info)
+    return Scene(
+        cam2w=cam2w,
+        intrinsics=K,
+        depthmaps=depths,
+        confidences=confs,
+        images=imgs,
+        image_paths=paths,
+        sparse_xy=sparse_xy,
+        info=info,
+    )

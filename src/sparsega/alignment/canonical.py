@@ -280,9 +280,7 @@ def dense_anchor_depth_offsets(
         got = getattr(canon2, "shape", None)
         raise InputError(f"dense_anchor_depth_offsets: canon2 must be an (H, W) tensor, got {got}")
     H, W = canon2.shape
-    ys, xs = torch.meshgrid(
-        torch.arange(H, device=canon2.device), torch.arange(W, device=canon2.device), indexing="ij"
-    )
+    ys, xs = torch.meshgrid(torch.arange(H, device=canon2.device), torch.arange(W, device=canon2.device), indexing="ij")
     pixels = torch.stack((xs.reshape(-1), ys.reshape(-1)), dim=-1)
     core_idx, offsets = anchor_depth_offsets(canon2, pixels, subsample)
     return pixels, core_idx, offsets

@@ -13,8 +13,17 @@ import numpy as np
 from ..scene import unproject_depth
 
 
-def _clean_view_pair(depth_i: np.ndarray, conf_i: np.ndarray, depth_j: np.ndarray, conf_j: np.ndarray,
-                     M: np.ndarray, t: np.ndarray, tol: float, bad_conf: float, out_i: np.ndarray) -> None:
+def _clean_view_pair(
+    depth_i: np.ndarray,
+    conf_i: np.ndarray,
+    depth_j: np.ndarray,
+    conf_j: np.ndarray,
+    M: np.ndarray,
+    t: np.ndarray,
+    tol: float,
+    bad_conf: float,
+    out_i: np.ndarray,
+) -> None:
     """Visibility cleaning of view i against view j (see :func:`clean_confidences`): pixel
     ``(x, y)`` of i at depth ``d`` lands in j at ``p = d M (x, y, 1) + t`` (``M = K_j R_ji K_i^-1``, ``t = K_j
     t_ji``, so ``p_z`` is j's depth); where it is in front of j's surface by more than ``tol`` (relative) and less
@@ -35,13 +44,18 @@ def _clean_view_pair(depth_i: np.ndarray, conf_i: np.ndarray, depth_j: np.ndarra
                 out_i[y, x] = min(out_i[y, x], bad_conf)
 
 
-
 _clean_view_pair_jit = numba.njit(cache=True, error_model="numpy")(_clean_view_pair)
 
 
-def clean_confidences(confs: list[np.ndarray], intrinsics: np.ndarray, cam2w: np.ndarray,
-                      depthmaps: list[np.ndarray], pairs: np.ndarray, tol: float = 0.001,
-                      bad_conf: float = 0.0) -> list[np.ndarray]:
+def clean_confidences(
+    confs: list[np.ndarray],
+    intrinsics: np.ndarray,
+    cam2w: np.ndarray,
+    depthmaps: list[np.ndarray],
+    pairs: np.ndarray,
+    tol: float = 0.001,
+    bad_conf: float = 0.0,
+) -> list[np.ndarray]:
     """Lower the confidence of points seen IN FRONT of another view's surface (as the reference's
     clean_pointcloud): a pixel of view i whose 3D point projects into view j closer than j's depth there by more
     than ``tol`` (relative), while being less confident than j's pixel, gets ``bad_conf``.
@@ -70,14 +84,21 @@ def clean_confidences(confs: list[np.ndarray], intrinsics: np.ndarray, cam2w: np
     return out
 
 
-def clean_confidences_numpy(confs: list[np.ndarray], intrinsics: np.ndarray, cam2w: np.ndarray,
-                            depthmaps: list[np.ndarray], pairs: np.ndarray, tol: float = 0.001,
-                            bad_conf: float = 0.0) -> list[np.ndarray]:
+def clean_confidences_numpy(
+    confs: list[np.ndarray],
+    intrinsics: np.ndarray,
+    cam2w: np.ndarray,
+    depthmaps: list[np.ndarray],
+    pairs: np.ndarray,
+    tol: float = 0.001,
+    bad_conf: float = 0.0,
+) -> list[np.ndarray]:
     """Plain numpy twin of :func:`clean_confidences` (world points, then projection; for tests)."""
     out = [c.astype(np.float32, copy=True) for c in confs]
     w2c = np.linalg.inv(cam2w.astype(np.float64))
-    pts = [unproject_depth(d, K, c2w).reshape(-1, 3).astype(np.float64)
-           for d, K, c2w in zip(depthmaps, intrinsics, cam2w)]
+    pts = [
+        unproject_depth(d, K, c2w).reshape(-1, 3).astype(np.float64) for d, K, c2w in zip(depthmaps, intrinsics, cam2w)
+    ]
     done = set()
     for a, b in np.asarray(pairs, dtype=np.int64).reshape(-1, 2):
         for i, j in ((a, b), (b, a)):
@@ -98,4 +119,3 @@ def clean_confidences_numpy(confs: list[np.ndarray], intrinsics: np.ndarray, cam
             flat = out[i].reshape(-1)
             flat[idx[bad]] = np.minimum(flat[idx[bad]], bad_conf)
     return out
-

@@ -38,19 +38,37 @@ def fallback_blocks(p: AlignProblem) -> tuple[np.ndarray, ...]:
     else:
         starts = np.zeros(1, np.int64)
     xy = p.anchor_xy.cpu().double().numpy()[anc]
-    return (starts, img[starts[:-1]], ref[starts[:-1]], np.ascontiguousarray(xy[:, 0]),
-            np.ascontiguousarray(xy[:, 1]), anc, np.ascontiguousarray(p.fb_target.cpu().double().numpy()),
-            np.ascontiguousarray(p.fb_conf.cpu().double().numpy()))
+    return (
+        starts,
+        img[starts[:-1]],
+        ref[starts[:-1]],
+        np.ascontiguousarray(xy[:, 0]),
+        np.ascontiguousarray(xy[:, 1]),
+        anc,
+        np.ascontiguousarray(p.fb_target.cpu().double().numpy()),
+        np.ascontiguousarray(p.fb_conf.cpu().double().numpy()),
+    )
 
 
 def compiled_forward(P: dict[str, np.ndarray], consts: CameraConsts, table: np.ndarray, ad: np.ndarray) -> None:
     """Fill ``table (N, 17)`` and ``ad (A,)`` from the float64 parameters ``P`` by the compiled camera model."""
-    camera.camera_forward_jit(P["quats"], P["trans"], P["log_sizes"], P["log_focals"], P["pps"],
-                                 P["core_depth"], *consts.arrays(), consts.anchor_img, table, ad)
+    camera.camera_forward_jit(
+        P["quats"],
+        P["trans"],
+        P["log_sizes"],
+        P["log_focals"],
+        P["pps"],
+        P["core_depth"],
+        *consts.arrays(),
+        consts.anchor_img,
+        table,
+        ad,
+    )
 
 
-def run_stage_compiled(al: SparseAligner, stage: int, names: list[str], niter: int, lr_base: float, gamma: float,
-                        name: str) -> StageResult:
+def run_stage_compiled(
+    al: SparseAligner, stage: int, names: list[str], niter: int, lr_base: float, gamma: float, name: str
+) -> StageResult:
     """One stage with every iteration in compiled code: camera model, match and fallback losses with their
     gradients, the camera model's reverse pass and Adam, all float64 on numpy arrays (no autograd graph)."""
     cfg, p = al.cfg, al.p
@@ -104,8 +122,7 @@ def run_stage_compiled(al: SparseAligner, stage: int, names: list[str], niter: i
                 g_ad[:] = 0.0
                 loss = 0.0
                 if lay_arrs is not None:
-                    tot = match.loss_and_grad_jit(table, ad, *lay_arrs, stage, gcode, float(gamma), off, g_tab,
-                                                g_ad)
+                    tot = match.loss_and_grad_jit(table, ad, *lay_arrs, stage, gcode, float(gamma), off, g_tab, g_ad)
                     loss = (tot - m_const) / m_norm
                     g_tab *= 1.0 / m_norm
                     g_ad *= 1.0 / m_norm
@@ -117,8 +134,18 @@ def run_stage_compiled(al: SparseAligner, stage: int, names: list[str], niter: i
                     stopped = True
                     break
                 losses.append(loss)
-                camera.camera_backward_jit(P["quats"], P["trans"], P["log_sizes"], P["log_focals"], P["pps"],
-                                        P["core_depth"], *c_arrs, g_tab, g_ad, *(grads[k] for k in order))
+                camera.camera_backward_jit(
+                    P["quats"],
+                    P["trans"],
+                    P["log_sizes"],
+                    P["log_focals"],
+                    P["pps"],
+                    P["core_depth"],
+                    *c_arrs,
+                    g_tab,
+                    g_ad,
+                    *(grads[k] for k in order),
+                )
                 for k in names:
                     snap[k][...] = P[k]
                     g = grads[k].reshape(-1)
@@ -134,10 +161,10 @@ def run_stage_compiled(al: SparseAligner, stage: int, names: list[str], niter: i
     if stopped:
         for k in names:
             P[k][...] = snap[k]
-        log.warning("%s: non-finite loss or parameters at iteration %d; kept the last finite state",
-                    name, len(losses))
+        log.warning("%s: non-finite loss or parameters at iteration %d; kept the last finite state", name, len(losses))
     with torch.no_grad():
         for k, t in al._params().items():
             t.copy_(torch.from_numpy(P[k]).to(t.dtype))
-    return StageResult(name=name, niter_done=len(losses), losses=losses,
-                       wall_s=time.perf_counter() - t0, stopped_non_finite=stopped)
+    return StageResult(
+        name=name, niter_done=len(losses), losses=losses, wall_s=time.perf_counter() - t0, stopped_non_finite=stopped
+    )

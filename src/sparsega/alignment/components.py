@@ -24,15 +24,16 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Literal, NamedTuple, Sequence
+from typing import Literal, NamedTuple
 
 import numpy as np
 
 from ..errors import ConfigError, InputError
-from .kinematic import connected_components
 from ..scene import Scene
 from ..types import PairPrediction
+from .kinematic import connected_components
 
 log = logging.getLogger(__name__)
 
@@ -78,9 +79,13 @@ def _pair_links(p: PairPrediction, link: str, thr: float) -> bool:
     return link == "matches" or float(valid.max()) > thr
 
 
-def split_components(predictions: Sequence[PairPrediction], n_images: int | None = None, *,
-                     link: Literal["matches", "trusted"] = "matches", matching_conf_thr: float = 5.0
-                     ) -> ComponentSplit:
+def split_components(
+    predictions: Sequence[PairPrediction],
+    n_images: int | None = None,
+    *,
+    link: Literal["matches", "trusted"] = "matches",
+    matching_conf_thr: float = 5.0,
+) -> ComponentSplit:
     """Connected components of the match graph (see the module docstring for ``link``).
 
     Args:
@@ -128,11 +133,31 @@ def self_pair(predictions: Sequence[PairPrediction], index: int) -> PairPredicti
         if index in (p.i, p.j):
             pts, conf = (p.pts11, p.conf11) if p.i == index else (p.pts22, p.conf22)
             empty = np.zeros((0, 2), np.int64)
-            return PairPrediction(i=0, j=0, pts11=pts, conf11=conf, pts21=pts, conf21=conf, pts22=pts, conf22=conf,
-                                  pts12=pts, conf12=conf, xy1=empty, xy2=empty.copy(),
-                                  match_conf=np.zeros(0, np.float32), score=None)
+            return PairPrediction(
+                i=0,
+                j=0,
+                pts11=pts,
+                conf11=conf,
+                pts21=pts,
+                conf21=conf,
+                pts22=pts,
+                conf22=conf,
+                pts12=pts,
+                conf12=conf,
+                xy1=empty,
+                xy2=empty.copy(),
+                match_conf=np.zeros(0, np.float32),
+                score=None,
+            )
     return None
 
 
-__all__ = ["ComponentSplit", "ComponentResult", "split_components", "subset_predictions", "self_pair",
-           "LINK_MODES", "ISOLATED_MODES"]
+__all__ = [
+    "ComponentSplit",
+    "ComponentResult",
+    "split_components",
+    "subset_predictions",
+    "self_pair",
+    "LINK_MODES",
+    "ISOLATED_MODES",
+]

@@ -188,8 +188,10 @@ def _require_connected(scores: np.ndarray) -> None:
     groups = connected_components(scores)
     if len(groups) > 1:
         listed = ", ".join(str(g.tolist()) for g in groups)
-        raise GraphError(f"the image graph is disconnected: {len(groups)} groups of images share no match: {listed} "
-                         "(align(..., components=True) reconstructs each group; the CLI does so by default)")
+        raise GraphError(
+            f"the image graph is disconnected: {len(groups)} groups of images share no match: {listed} "
+            "(align(..., components=True) reconstructs each group; the CLI does so by default)"
+        )
 
 
 def _bfs_ranks(tree: sparse.csr_array, start: int) -> np.ndarray:

@@ -3,9 +3,9 @@
 The reference optimiser only knows poses relative to a parent in the kinematic tree and never inverts that
 chain (it stops with "inverse kinematic chain not yet implemented"). This module does.
 
-Notation (see :mod:`sparsega.alignment.optimizer`): the optimiser's camera ``i`` has rotation ``R_i`` and "chain translation"
-``T_i`` obtained by composing relative poses down the tree, per-image scale ``a_i = exp(s_i)``, global guard
-``g = 1 / min_k a_k``, and a focal-plane offset ``o_i = z_i [(W_i, H_i) / f_i * (0.5 - pp_i), 1]`` with
+Notation (see :mod:`sparsega.alignment.optimizer`): the optimiser's camera ``i`` has rotation ``R_i`` and "chain
+translation" ``T_i`` obtained by composing relative poses down the tree, per-image scale ``a_i = exp(s_i)``,
+global guard ``g = 1 / min_k a_k``, and a focal-plane offset ``o_i = z_i [(W_i, H_i) / f_i * (0.5 - pp_i), 1]`` with
 ``z_i = a_i m_i f_i / f0_i``. Its camera-to-world pose is ``(R_i, g (T_i - R_i o_i))``.
 
 Inversion. Given a camera centre ``C_i`` and rotation ``R_i`` in internal units:
@@ -33,16 +33,17 @@ freezes them (per image), otherwise they are only the initial values.
 from __future__ import annotations
 
 import logging
-from typing import Any, Callable, Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import numpy as np
 import roma
 import torch
 
 from ..errors import InputError
+from ..types import AlignConfig
 from .optimizer import SparseAligner
 from .problem import AlignProblem
-from ..types import AlignConfig
 
 log = logging.getLogger(__name__)
 
@@ -100,8 +101,9 @@ def validate_poses(known: Any, n: int) -> dict[int, np.ndarray]:
     return ps
 
 
-def similarity_from_cameras(R_est: np.ndarray, C_est: np.ndarray, R_ref: np.ndarray, C_ref: np.ndarray
-                            ) -> tuple[float, np.ndarray, np.ndarray]:
+def similarity_from_cameras(
+    R_est: np.ndarray, C_est: np.ndarray, R_ref: np.ndarray, C_ref: np.ndarray
+) -> tuple[float, np.ndarray, np.ndarray]:
     """Similarity ``x -> s Q x + t`` taking estimated cameras onto reference ones (K >= 1 cameras).
 
     The rotation ``Q`` averages ``R_ref_k R_est_k^T`` (special Procrustes), so it is defined even for two
@@ -116,8 +118,9 @@ def similarity_from_cameras(R_est: np.ndarray, C_est: np.ndarray, R_ref: np.ndar
     return s, Q, mr - s * Q @ me
 
 
-def make_setup(problem: AlignProblem, cfg: AlignConfig, known_intrinsics: Any, known_poses: Any
-               ) -> tuple[Callable[[SparseAligner], None], AlignConfig, float]:
+def make_setup(
+    problem: AlignProblem, cfg: AlignConfig, known_intrinsics: Any, known_poses: Any
+) -> tuple[Callable[[SparseAligner], None], AlignConfig, float]:
     """Validate known cameras and return ``(setup(aligner), config, world_scale)``.
 
     With known poses, a first unconstrained stage 1 gives every camera a pose; the similarity from its known

@@ -10,7 +10,7 @@ and pixels to ``[PIX_MIN, PIX_MAX]``. Cameras are packed as the rows of a ``(17,
 from __future__ import annotations
 
 import math
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -76,8 +76,9 @@ def project(rot_w2c: Tensor, trans_w2c: Tensor, focal: Tensor, pp: Tensor, pts: 
     return (uv * focal.unsqueeze(-1) + pp).clamp(PIX_MIN, PIX_MAX)
 
 
-def tree_levels(n: int, root: int | Sequence[int], edges: np.ndarray
-                ) -> tuple[list[np.ndarray], list[np.ndarray], np.ndarray]:
+def tree_levels(
+    n: int, root: int | Sequence[int], edges: np.ndarray
+) -> tuple[list[np.ndarray], list[np.ndarray], np.ndarray]:
     """Group the nodes of a tree (or a forest with several roots) by depth.
 
     Returns ``(nodes_per_level, parent_pos_per_level, inverse)`` where ``parent_pos_per_level[l][k]`` is the
@@ -105,8 +106,12 @@ def tree_levels(n: int, root: int | Sequence[int], edges: np.ndarray
     return levels, parent_pos, inverse
 
 
-def compose_chain(rel: Tensor, levels: Sequence[np.ndarray | Tensor], parent_pos: Sequence[np.ndarray | Tensor],
-                  inverse: np.ndarray | Tensor) -> Tensor:
+def compose_chain(
+    rel: Tensor,
+    levels: Sequence[np.ndarray | Tensor],
+    parent_pos: Sequence[np.ndarray | Tensor],
+    inverse: np.ndarray | Tensor,
+) -> Tensor:
     """Absolute poses from relative ones along the tree: ``abs[child] = abs[parent] @ rel[child]``.
 
     ``rel (N, 4, 4)`` -> ``(N, 4, 4)``, one batched matmul per tree depth level. The index arrays may be given as
@@ -154,7 +159,6 @@ def distance(a: Sequence[Tensor], b: Sequence[Tensor]) -> Tensor:
     return sq.clamp_min(SQ_MIN).sqrt()  # type: ignore[union-attr]
 
 
-
 def camera_rows(table: Tensor, idx: Tensor) -> tuple[Tensor, ...]:
     """The 17 table rows at images ``idx (L,)``: a tuple of contiguous (L,) tensors."""
     # one 1-D gather per row: unbinding a single (17, L) gather costs a large stack in the backward pass
@@ -165,9 +169,11 @@ def to_world(r: tuple[Tensor, ...], x: Tensor, y: Tensor, d: Tensor) -> tuple[Te
     """World coordinates of pixels ``(x, y)`` at depth ``d`` (all (L,)) for gathered cameras ``r``."""
     cx = (x - r[13]) / r[12] * d
     cy = (y - r[14]) / r[12] * d
-    return (r[0] * cx + r[1] * cy + r[2] * d + r[9],
-            r[3] * cx + r[4] * cy + r[5] * d + r[10],
-            r[6] * cx + r[7] * cy + r[8] * d + r[11])
+    return (
+        r[0] * cx + r[1] * cy + r[2] * d + r[9],
+        r[3] * cx + r[4] * cy + r[5] * d + r[10],
+        r[6] * cx + r[7] * cy + r[8] * d + r[11],
+    )
 
 
 def to_pixels(r: tuple[Tensor, ...], wx: Tensor, wy: Tensor, wz: Tensor) -> tuple[Tensor, Tensor]:
@@ -244,7 +250,9 @@ class TwinLosses:
         pts = self.anchor_points(table, anchor_depth, p.fb_anchor)
         r = camera_rows(table, p.fb_ref)
         tx, ty, tz = self.fb_target
-        tgt = (r[0] * tx + r[1] * ty + r[2] * tz + r[9],
-               r[3] * tx + r[4] * ty + r[5] * tz + r[10],
-               r[6] * tx + r[7] * ty + r[8] * tz + r[11])
+        tgt = (
+            r[0] * tx + r[1] * ty + r[2] * tz + r[9],
+            r[3] * tx + r[4] * ty + r[5] * tz + r[10],
+            r[6] * tx + r[7] * ty + r[8] * tz + r[11],
+        )
         return (p.fb_conf * gamma_of_distance(gamma)(distance(pts, tgt))).sum() / p.fb_conf.sum()

@@ -26,7 +26,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -56,11 +56,15 @@ def resolve_backend(config: AlignConfig) -> str:
         return "kernel" if on_cpu and gammas_ok else "autograd"
     if want == "kernel":
         if not on_cpu:
-            raise ConfigError(f"loss_backend='kernel' runs on CPU only, not on {config.device!r}; "
-                              "use loss_backend='auto' or 'autograd'")
+            raise ConfigError(
+                f"loss_backend='kernel' runs on CPU only, not on {config.device!r}; "
+                "use loss_backend='auto' or 'autograd'"
+            )
         if not gammas_ok:
-            raise ConfigError(f"loss_backend='kernel' supports loss gammas {sorted(KERNEL_GAMMAS)} only; "
-                              "use loss_backend='autograd' for others")
+            raise ConfigError(
+                f"loss_backend='kernel' supports loss gammas {sorted(KERNEL_GAMMAS)} only; "
+                "use loss_backend='autograd' for others"
+            )
     return want
 
 
@@ -171,7 +175,8 @@ class SparseAligner:
         """(N, 3) vector from the camera centre to its focal-plane point, in camera axes."""
         ones = torch.ones_like(z_cams).unsqueeze(1)
         return z_cams.unsqueeze(1) * torch.cat(
-            (self._imsizes.to(focals.dtype) / focals.unsqueeze(1) * (0.5 - pps_n), ones), dim=1)
+            (self._imsizes.to(focals.dtype) / focals.unsqueeze(1) * (0.5 - pps_n), ones), dim=1
+        )
 
     def prior_loss(self, cam2w: Tensor) -> Tensor:
         """Soft pose prior (0 when none is installed)."""
@@ -197,9 +202,11 @@ class SparseAligner:
         key = (id(self.levels), id(self.parent_pos), id(self.inverse))
         if self._tree_t is None or self._tree_key != key:
             dev = self.quats.device
-            self._tree_t = ([torch.as_tensor(x, device=dev) for x in self.levels],
-                            [torch.as_tensor(x, device=dev) for x in self.parent_pos],
-                            torch.as_tensor(self.inverse, device=dev))
+            self._tree_t = (
+                [torch.as_tensor(x, device=dev) for x in self.levels],
+                [torch.as_tensor(x, device=dev) for x in self.parent_pos],
+                torch.as_tensor(self.inverse, device=dev),
+            )
             self._tree_key = key
         return self._tree_t
 
@@ -242,8 +249,18 @@ class SparseAligner:
         kernel and no known-pose constraint, the compiled camera model computes the first two (its backward is
         analytic) and cam2w is None (only the pose prior needs it)."""
         if self.backend == "kernel" and self.fixed_mask is None and self.prior is None:
-            return (*camera_table(self.quats, self.trans, self.log_sizes, self.log_focals, self.pps,
-                                           self.core_depth, self._camera_consts()), None)
+            return (
+                *camera_table(
+                    self.quats,
+                    self.trans,
+                    self.log_sizes,
+                    self.log_focals,
+                    self.pps,
+                    self.core_depth,
+                    self._camera_consts(),
+                ),
+                None,
+            )
         focals, pps, cam2w, anchor_depth, _ = self.cameras()
         return self.camera_table(focals, pps, cam2w), anchor_depth, cam2w
 
@@ -259,10 +276,19 @@ class SparseAligner:
             def f64(t: Tensor) -> np.ndarray:
                 return t.detach().cpu().to(torch.float64).contiguous().numpy()
 
-            self._consts = (key, CameraConsts(
-                median_depths=f64(p.median_depths), base_focals=f64(p.base_focals), imsizes=f64(self._imsizes),
-                fmin=f64(self.min_focals), fmax=f64(self.max_focals), parent=parent, order=order,
-                anchor_img=p.anchor_img.cpu().numpy().astype(np.int64)))
+            self._consts = (
+                key,
+                CameraConsts(
+                    median_depths=f64(p.median_depths),
+                    base_focals=f64(p.base_focals),
+                    imsizes=f64(self._imsizes),
+                    fmin=f64(self.min_focals),
+                    fmax=f64(self.max_focals),
+                    parent=parent,
+                    order=order,
+                    anchor_img=p.anchor_img.cpu().numpy().astype(np.int64),
+                ),
+            )
         return self._consts[1]
 
     # Hot path, in structure-of-arrays layout: per-image quantities are packed as the ROWS of one (17, N) table
@@ -272,16 +298,24 @@ class SparseAligner:
     def camera_table(self, focals: Tensor, pps: Tensor, cam2w: Tensor) -> Tensor:
         """(17, N) packed camera parameters (see above)."""
         n = focals.shape[0]
-        return torch.cat((cam2w[:, :3, :3].reshape(n, 9).T, cam2w[:, :3, 3].T, focals[None], pps.T,
-                          (self.p.base_focals / focals)[None], torch.ones_like(focals)[None]), dim=0)
+        return torch.cat(
+            (
+                cam2w[:, :3, :3].reshape(n, 9).T,
+                cam2w[:, :3, 3].T,
+                focals[None],
+                pps.T,
+                (self.p.base_focals / focals)[None],
+                torch.ones_like(focals)[None],
+            ),
+            dim=0,
+        )
 
     @property
     def layout(self) -> MatchLayout:
         """Chunked layout of the trusted matches for the compiled kernel (built on first use)."""
         if self._layout is None:
             p, k = self.p, self.n_ok
-            self._layout = build_layout(p.m_img[:, :k], p.m_xy[:, :k], p.m_anchor[:, :k], p.m_off[:, :k],
-                                        p.m_conf[:k])
+            self._layout = build_layout(p.m_img[:, :k], p.m_xy[:, :k], p.m_anchor[:, :k], p.m_off[:, :k], p.m_conf[:k])
         return self._layout
 
     def _intr_grad(self) -> bool:
@@ -308,8 +342,14 @@ class SparseAligner:
         return self.twin.loss_2d(table, anchor_depth, gamma)
 
     def _params(self) -> dict[str, Tensor]:
-        return {"quats": self.quats, "trans": self.trans, "log_sizes": self.log_sizes,
-                "log_focals": self.log_focals, "pps": self.pps, "core_depth": self.core_depth}
+        return {
+            "quats": self.quats,
+            "trans": self.trans,
+            "log_sizes": self.log_sizes,
+            "log_focals": self.log_focals,
+            "pps": self.pps,
+            "core_depth": self.core_depth,
+        }
 
     def _compiled_ok(self) -> bool:
         """Whether the whole iteration can run in the compiled kernels (CPU, no known-pose constraint)."""
@@ -342,8 +382,7 @@ class SparseAligner:
         for t in params:
             t.requires_grad_(True)
         # the fused (single-kernel) Adam step is ~2.5x cheaper than foreach on these small tensors
-        opt = (torch.optim.Adam(params, lr=1.0, betas=(0.9, 0.9), weight_decay=0, fused=True)
-               if params else None)
+        opt = torch.optim.Adam(params, lr=1.0, betas=(0.9, 0.9), weight_decay=0, fused=True) if params else None
         masks = self._grad_masks(names)
 
         losses: list[float] = []
@@ -398,10 +437,16 @@ class SparseAligner:
             with torch.no_grad():
                 for s, t in zip(snapshot, params):
                     t.copy_(s)
-            log.warning("%s: non-finite loss or parameters at iteration %d; kept the last finite state",
-                        name, len(losses))
-        return StageResult(name=name, niter_done=len(losses), losses=losses,
-                           wall_s=time.perf_counter() - t0, stopped_non_finite=stopped)
+            log.warning(
+                "%s: non-finite loss or parameters at iteration %d; kept the last finite state", name, len(losses)
+            )
+        return StageResult(
+            name=name,
+            niter_done=len(losses),
+            losses=losses,
+            wall_s=time.perf_counter() - t0,
+            stopped_non_finite=stopped,
+        )
 
     def _grad_masks(self, names: list[str]) -> list[Tensor | None]:
         out: list[Tensor | None] = []
@@ -440,8 +485,9 @@ class SparseAligner:
         return OptimState(intrinsics=K, cam2w=cam2w, anchor_depth=anchor_depth, focals=focals, stages=stages)
 
 
-def optimize(problem: AlignProblem, config: AlignConfig, setup: Callable[[SparseAligner], None] | None = None
-             ) -> OptimState:
+def optimize(
+    problem: AlignProblem, config: AlignConfig, setup: Callable[[SparseAligner], None] | None = None
+) -> OptimState:
     """Run both stages on ``problem`` and return the final cameras and anchor depths.
 
     ``setup`` may adjust the aligner before optimising (known cameras: initial values and gradient masks).

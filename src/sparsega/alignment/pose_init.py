@@ -29,8 +29,9 @@ def weighted_umeyama(src: np.ndarray, dst: np.ndarray, w: np.ndarray) -> tuple[f
     return scale, R, md - scale * R @ ms
 
 
-def _relative_pose(p: PairPrediction, core_a: np.ndarray, core_b: np.ndarray, subsample: int, step: int
-                   ) -> tuple[np.ndarray, np.ndarray, float]:
+def _relative_pose(
+    p: PairPrediction, core_a: np.ndarray, core_b: np.ndarray, subsample: int, step: int
+) -> tuple[np.ndarray, np.ndarray, float]:
     """Camera j of pair ``p`` in camera i's frame, in i's canonical units: ``(R, centre, size ratio)``.
 
     A confidence-weighted Procrustes ``pts21 ~ s R pts22 + t`` places j in i's pair frame; the ratios ``sigma``
@@ -42,8 +43,13 @@ def _relative_pose(p: PairPrediction, core_a: np.ndarray, core_b: np.ndarray, su
     sig_b = float(np.median(core_b / np.maximum(np.asarray(p.pts22)[sl, sl, 2].reshape(-1), 1e-12)))
     src = np.asarray(p.pts22, np.float64)[::step, ::step].reshape(-1, 3)
     dst = np.asarray(p.pts21, np.float64)[::step, ::step].reshape(-1, 3)
-    w = (np.asarray(p.conf22, np.float64)[::step, ::step] * np.asarray(p.conf21, np.float64)[::step, ::step]
-         ).reshape(-1) - 1 + 1e-6
+    w = (
+        (np.asarray(p.conf22, np.float64)[::step, ::step] * np.asarray(p.conf21, np.float64)[::step, ::step]).reshape(
+            -1
+        )
+        - 1
+        + 1e-6
+    )
     ok = np.isfinite(src).all(1) & np.isfinite(dst).all(1) & np.isfinite(w)
     if ok.sum() < 3:
         return np.eye(3), np.zeros(3), 1.0
@@ -54,9 +60,9 @@ def _relative_pose(p: PairPrediction, core_a: np.ndarray, core_b: np.ndarray, su
     return R_ab, sig_a * t_ab, ratio
 
 
-def chain_pairwise_poses(preds: "_Pairs", n: int, root: int, edges: np.ndarray,
-                         cdata: list[CanonicalData], subsample: int, step: int = 4
-                         ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def chain_pairwise_poses(
+    preds: _Pairs, n: int, root: int, edges: np.ndarray, cdata: list[CanonicalData], subsample: int, step: int = 4
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Initial absolute poses and sizes by chaining pairwise relative poses (:func:`_relative_pose`) along the
     kinematic tree. A tree edge without a predicted pair (hclust trees link cluster representatives) is
     composed along the shortest path of predicted pairs. Returns ``R (N,3,3)``, centres ``C (N,3)`` (root at the
@@ -100,4 +106,3 @@ def chain_pairwise_poses(preds: "_Pairs", n: int, root: int, edges: np.ndarray,
             sc = sc * r_uv
         R[b], C[b], size[b] = Rc, Cc, sc
     return R, C, np.log(size)
-

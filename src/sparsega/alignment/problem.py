@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -23,8 +24,6 @@ from .pose_init import chain_pairwise_poses
 log = logging.getLogger(__name__)
 
 Tensor = torch.Tensor
-
-
 
 
 @dataclass(frozen=True)
@@ -81,10 +80,13 @@ class AlignProblem:
     def n_matches(self) -> int:
         return int(self.m_conf.shape[0])
 
-    def to(self, dtype: torch.dtype) -> "AlignProblem":
+    def to(self, dtype: torch.dtype) -> AlignProblem:
         """A copy with every floating-point tensor cast to ``dtype`` (index tensors unchanged)."""
-        cast = {f.name: getattr(self, f.name).to(dtype) for f in dataclasses.fields(self)
-                if isinstance(getattr(self, f.name), Tensor) and getattr(self, f.name).is_floating_point()}
+        cast = {
+            f.name: getattr(self, f.name).to(dtype)
+            for f in dataclasses.fields(self)
+            if isinstance(getattr(self, f.name), Tensor) and getattr(self, f.name).is_floating_point()
+        }
         return dataclasses.replace(self, **cast)
 
 
@@ -111,7 +113,6 @@ class OptimState:
     anchor_depth: Tensor
     focals: Tensor
     stages: list[StageResult]
-
 
 
 @dataclass(frozen=True)
@@ -174,8 +175,19 @@ class _Pairs:
             seen.add(key)
             flip = p.i > p.j
             q = p.swapped() if flip else p
-            self.meta.append(_PairMeta(k, flip, q.i, q.j, q.shape1, q.shape2, np.asarray(q.xy1),
-                                       np.asarray(q.xy2), np.asarray(q.match_conf)))
+            self.meta.append(
+                _PairMeta(
+                    k,
+                    flip,
+                    q.i,
+                    q.j,
+                    q.shape1,
+                    q.shape2,
+                    np.asarray(q.xy1),
+                    np.asarray(q.xy2),
+                    np.asarray(q.match_conf),
+                )
+            )
         n = max(max(m.i, m.j) for m in self.meta) + 1
         if n_images is not None:
             if n_images < n:
@@ -186,8 +198,9 @@ class _Pairs:
         for m in self.meta:
             for idx, shp in ((m.i, m.shape1), (m.j, m.shape2)):
                 if shapes.setdefault(idx, shp) != shp:
-                    raise InputError(f"image {idx} has shape {shapes[idx]} in one pair and {shp} in pair "
-                                     f"({m.i}, {m.j})")
+                    raise InputError(
+                        f"image {idx} has shape {shapes[idx]} in one pair and {shp} in pair ({m.i}, {m.j})"
+                    )
         missing = [k for k in range(n) if k not in shapes]
         if missing:
             raise GraphError(f"images {missing} appear in no pair: they cannot be registered")
@@ -235,8 +248,9 @@ def _anchor_pixels(h: int, w: int, s: int) -> np.ndarray:
     return np.stack((xs.ravel(), ys.ravel()), -1).astype(np.int64)
 
 
-def build_problem(predictions: Sequence[PairPrediction], config: AlignConfig, n_images: int | None = None
-                  ) -> tuple[AlignProblem, list[CanonicalData], dict[str, Any]]:
+def build_problem(
+    predictions: Sequence[PairPrediction], config: AlignConfig, n_images: int | None = None
+) -> tuple[AlignProblem, list[CanonicalData], dict[str, Any]]:
     """Turn predictions into the flat :class:`AlignProblem` (plus per-image canonical data for densification)."""
     preds = _Pairs(predictions, n_images)
     n, shapes, meta = preds.n, preds.shapes, preds.meta
@@ -293,8 +307,9 @@ def build_problem(predictions: Sequence[PairPrediction], config: AlignConfig, n_
         for pk, which in own[k]:
             p = preds[pk]
             pts, cf = (p.pts11, p.conf11) if which == "11" else (p.pts22, p.conf22)
-            pts, cf = _sanitize(np.asarray(pts, np.float32), np.asarray(cf, np.float32), True,
-                                f"pair ({p.i}, {p.j}) pts{which}")
+            pts, cf = _sanitize(
+                np.asarray(pts, np.float32), np.asarray(cf, np.float32), True, f"pair ({p.i}, {p.j}) pts{which}"
+            )
             maps.append(pts)
             cfs.append(cf)
         ptmaps = torch.from_numpy(np.stack(maps))
@@ -324,8 +339,10 @@ def build_problem(predictions: Sequence[PairPrediction], config: AlignConfig, n_
             continue
         n_fallback += 1
         p = preds[k]
-        for a, b, pts_ab, conf_ab, (h, w) in ((p.i, p.j, p.pts12, p.conf12, p.shape1),
-                                              (p.j, p.i, p.pts21, p.conf21, p.shape2)):
+        for a, b, pts_ab, conf_ab, (h, w) in (
+            (p.i, p.j, p.pts12, p.conf12, p.shape1),
+            (p.j, p.i, p.pts21, p.conf21, p.shape2),
+        ):
             axy = _anchor_pixels(h, w, s)
             tgt = np.asarray(pts_ab, np.float32)[axy[:, 1], axy[:, 0]]
             cf = np.asarray(conf_ab, np.float32)[axy[:, 1], axy[:, 0]]
@@ -391,10 +408,13 @@ def build_problem(predictions: Sequence[PairPrediction], config: AlignConfig, n_
         init_log_sizes=t(init[2]) if init else None,
     )
     stats = {
-        "n_images": n, "n_pairs": len(preds), "n_matches": int(m_conf.shape[0]),
-        "n_fallback_pairs": n_fallback, "n_anchors": int(anchor_base[-1]),
-        "kinematic_root": root, "kinematic_edges": edges.tolist(),
+        "n_images": n,
+        "n_pairs": len(preds),
+        "n_matches": int(m_conf.shape[0]),
+        "n_fallback_pairs": n_fallback,
+        "n_anchors": int(anchor_base[-1]),
+        "kinematic_root": root,
+        "kinematic_edges": edges.tolist(),
         "pairs": [[p.i, p.j] for p in meta],
     }
     return problem, cdata, stats
-

@@ -25,8 +25,7 @@ PROG = "sparsega"
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``sparsega`` argument parser (subcommands, shared flags)."""
-    parser = options.Parser(prog=PROG, description="MASt3R sparse global alignment: photos -> cameras, depth, "
-                                                   "points.")
+    parser = options.Parser(prog=PROG, description="MASt3R sparse global alignment: photos -> cameras, depth, points.")
     parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=options.Parser)
     sub.required = True
@@ -63,8 +62,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as e:  # noqa: BLE001 - the CLI's last line of defence
         if debug:
             traceback.print_exc()
-        sys.stderr.write(f"{PROG}: internal error: {type(e).__name__}: {options.one_line(e)}"
-                         f"{'' if debug else ' (run again with --debug for the traceback)'}\n")
+        sys.stderr.write(
+            f"{PROG}: internal error: {type(e).__name__}: {options.one_line(e)}"
+            f"{'' if debug else ' (run again with --debug for the traceback)'}\n"
+        )
         return 1
     finally:
         restore_logging()

@@ -21,9 +21,14 @@ from . import options
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("align-cache", help="align the predictions of a naver MASt3R cache folder")
     p.add_argument("cache_dir", metavar="CACHE_DIR")
-    p.add_argument("--images", nargs="+", required=True, metavar="IMAGE",
-                   help="the image paths EXACTLY as given to naver's tools (their md5 names the cache files); "
-                        "a single folder is expanded")
+    p.add_argument(
+        "--images",
+        nargs="+",
+        required=True,
+        metavar="IMAGE",
+        help="the image paths EXACTLY as given to naver's tools (their md5 names the cache files); "
+        "a single folder is expanded",
+    )
     p.add_argument("--image-size", type=int, default=512, metavar="S", help="network image size (512)")
     options.add_output(p)
     options.add_align(p, scene_graph=False)
@@ -48,15 +53,23 @@ def run(args: argparse.Namespace) -> int:
     preds = read_mast3r_cache(cache, paths, subsample=cfg.subsample)
     t["read_cache"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    result = align(preds, cfg, images=[li.rgb for li in loaded], image_paths=paths, n_images=len(paths),
-                   components=True)
+    result = align(
+        preds, cfg, images=[li.rgb for li in loaded], image_paths=paths, n_images=len(paths), components=True
+    )
     t["align"] = time.perf_counter() - t0
     result = ComponentResult(
         [dataclasses.replace(sc, **photo_frames([loaded[i] for i in sc.image_index])) for sc in result.scenes],
-        result.unregistered)
-    summary = options.write(args, result, "align-cache", t, image_paths=paths,
-                            evaluate=(lambda sc: evaluate_scene(sc, gt)) if gt is not None else None,
-                            extra={"cache_dir": str(cache), "images": paths})
+        result.unregistered,
+    )
+    summary = options.write(
+        args,
+        result,
+        "align-cache",
+        t,
+        image_paths=paths,
+        evaluate=(lambda sc: evaluate_scene(sc, gt)) if gt is not None else None,
+        extra={"cache_dir": str(cache), "images": paths},
+    )
     if summary.get("metrics") and not args.json:
         print(options.metrics_table(summary["metrics"]))
     options.emit(args, summary)

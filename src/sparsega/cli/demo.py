@@ -16,8 +16,9 @@ DEFAULTS = {"kind": "orbit", "n_views": 8, "height": 192, "width": 256, "seed": 
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("demo", help="synthetic scene -> simulated predictions -> alignment -> accuracy table "
-                                    "(no weights needed)")
+    p = sub.add_parser(
+        "demo", help="synthetic scene -> simulated predictions -> alignment -> accuracy table (no weights needed)"
+    )
     p.add_argument("--kind", choices=sim.KINDS, default=DEFAULTS["kind"])
     p.add_argument("--n-views", type=int, default=DEFAULTS["n_views"], metavar="N")
     p.add_argument("--seed", type=int, default=DEFAULTS["seed"])
@@ -50,15 +51,32 @@ def run(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     result = align(preds, cfg, images=gt.images, image_paths=paths, components=True)
     t["align"] = time.perf_counter() - t0
-    demo_info = {"demo": {"kind": args.kind, "n_views": args.n_views, "seed": args.seed, "height": args.height,
-                          "width": args.width, "scene_graph": graph, "extent": float(gt.extent)}}
+    demo_info = {
+        "demo": {
+            "kind": args.kind,
+            "n_views": args.n_views,
+            "seed": args.seed,
+            "height": args.height,
+            "width": args.width,
+            "scene_graph": graph,
+            "extent": float(gt.extent),
+        }
+    }
     summary = options.write(
-        args, result, "demo", t, image_paths=paths, extra=demo_info,
+        args,
+        result,
+        "demo",
+        t,
+        image_paths=paths,
+        extra=demo_info,
         evaluate=lambda sc: evaluate_by_index(sc, gt.cam2w, gt.intrinsics[:, 0, 0], gt.extent),
-        extra_files={"truth": lambda folder: sim.write_truth(gt, folder, names)})
+        extra_files={"truth": lambda folder: sim.write_truth(gt, folder, names)},
+    )
     if not args.json:
-        print(f"sparsega demo: {args.kind}, {args.n_views} views {args.width}x{args.height}, seed {args.seed}, "
-              f"scene graph {graph}")
+        print(
+            f"sparsega demo: {args.kind}, {args.n_views} views {args.width}x{args.height}, seed {args.seed}, "
+            f"scene graph {graph}"
+        )
         if summary.get("metrics"):
             print(options.metrics_table(summary["metrics"]))
         print(f"output: {out}")

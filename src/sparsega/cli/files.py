@@ -19,8 +19,12 @@ from . import options
 def add_parsers(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("export", help="(re-)export a saved output folder")
     p.add_argument("folder", metavar="OUT", help="an output folder holding scene/")
-    p.add_argument("--format", default="all", metavar="LIST",
-                   help="comma list of glb, ply, colmap, nerfstudio, cameras, depth, preview, scene, or all")
+    p.add_argument(
+        "--format",
+        default="all",
+        metavar="LIST",
+        help="comma list of glb, ply, colmap, nerfstudio, cameras, depth, preview, scene, or all",
+    )
     p.add_argument("-o", "--output", metavar="DEST", help="write into a new folder DEST instead of OUT")
     p.add_argument("--overwrite", action="store_true", help="replace DEST if it exists")
     p.add_argument("--min-conf", type=float, default=None, metavar="X")
@@ -29,8 +33,12 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("eval", help="camera metrics of an output folder against ground truth")
     p.add_argument("folder", metavar="OUT")
-    p.add_argument("--gt", required=True, metavar="FILE",
-                   help="COLMAP model folder, cameras.json, transforms.json or JSON {name: cam2w 4x4}")
+    p.add_argument(
+        "--gt",
+        required=True,
+        metavar="FILE",
+        help="COLMAP model folder, cameras.json, transforms.json or JSON {name: cam2w 4x4}",
+    )
     p.add_argument("--no-save", action="store_true", help="do not store the metrics in OUT/report.json")
     options.add_common(p)
     p.set_defaults(func=run_eval)
@@ -58,12 +66,19 @@ def run_export(args: argparse.Namespace) -> int:
     scene = _load_output(args.folder)
     if args.output:
         dest = Path(args.output)
-        timings = export_all(scene, dest, fmts, overwrite=args.overwrite, min_conf=min_conf,
-                             progress=options.progress(args))
+        timings = export_all(
+            scene, dest, fmts, overwrite=args.overwrite, min_conf=min_conf, progress=options.progress(args)
+        )
     else:
         dest = Path(args.folder)
-        timings = export_all(scene, dest, [f for f in fmts if f != "scene"], merge=True, min_conf=min_conf,
-                             progress=options.progress(args))
+        timings = export_all(
+            scene,
+            dest,
+            [f for f in fmts if f != "scene"],
+            merge=True,
+            min_conf=min_conf,
+            progress=options.progress(args),
+        )
     options.emit(args, {"command": "export", "output": str(dest), "formats": list(timings), "timings_s": timings})
     return 0
 

@@ -18,10 +18,23 @@ from ..io.output import to_json, write_result
 from ..types import CANONICAL_MODES, DTYPES, KINEMATIC_MODES, LOSS_BACKENDS, POSE_INITS, AlignConfig
 
 ALIGN_FLAGS: dict[str, Any] = {
-    "subsample": int, "matching_conf_thr": float, "canonical_mode": str, "kinematic_mode": str,
-    "niter1": int, "niter2": int, "lr1": float, "lr2": float, "shared_intrinsics": None,
-    "device": str, "dtype": str, "fix_intrinsics": None, "fix_poses": None,
-    "pose_init": str, "lr1_procrustes": float, "loss_backend": str, "threads": int,
+    "subsample": int,
+    "matching_conf_thr": float,
+    "canonical_mode": str,
+    "kinematic_mode": str,
+    "niter1": int,
+    "niter2": int,
+    "lr1": float,
+    "lr2": float,
+    "shared_intrinsics": None,
+    "device": str,
+    "dtype": str,
+    "fix_intrinsics": None,
+    "fix_poses": None,
+    "pose_init": str,
+    "lr1_procrustes": float,
+    "loss_backend": str,
+    "threads": int,
 }
 
 
@@ -32,7 +45,6 @@ class UsageError(Exception):
 class Parser(argparse.ArgumentParser):
     def error(self, message: str) -> Any:  # type: ignore[override]
         raise UsageError(message)
-
 
 
 def add_common(p: argparse.ArgumentParser) -> None:
@@ -46,8 +58,13 @@ def add_output(p: argparse.ArgumentParser, gt: bool = True) -> None:
     """``-o OUT``, ``--overwrite``, ``--min-conf`` and (unless the command has its own truth) ``--gt``."""
     p.add_argument("-o", "--output", required=True, metavar="OUT", help="output folder")
     p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
-    p.add_argument("--min-conf", type=float, default=None, metavar="X",
-                   help="confidence threshold of the exported points (default 1.5)")
+    p.add_argument(
+        "--min-conf",
+        type=float,
+        default=None,
+        metavar="X",
+        help="confidence threshold of the exported points (default 1.5)",
+    )
     if gt:
         p.add_argument("--gt", metavar="FILE", help="ground-truth cameras (COLMAP model folder or JSON) for metrics")
 
@@ -55,8 +72,12 @@ def add_output(p: argparse.ArgumentParser, gt: bool = True) -> None:
 def add_align(p: argparse.ArgumentParser, scene_graph: bool = True) -> None:
     g = p.add_argument_group("alignment (defaults: the reference's)")
     if scene_graph:
-        g.add_argument("--scene-graph", metavar="NAME", default=None,
-                       help="complete, swin[-k][-noncyclic], logwin[-k][-noncyclic], oneref[-i]")
+        g.add_argument(
+            "--scene-graph",
+            metavar="NAME",
+            default=None,
+            help="complete, swin[-k][-noncyclic], logwin[-k][-noncyclic], oneref[-i]",
+        )
     g.add_argument("--subsample", type=int, metavar="N", help="match/anchor grid step in pixels (8)")
     g.add_argument("--matching-conf-thr", type=float, metavar="X", help="pair trusted above this match conf (5.0)")
     g.add_argument("--canonical-mode", choices=CANONICAL_MODES, help="canonical pointmap fusion (avg-angle)")
@@ -65,15 +86,28 @@ def add_align(p: argparse.ArgumentParser, scene_graph: bool = True) -> None:
     g.add_argument("--niter2", type=int, metavar="N", help="stage-2 iterations (300)")
     g.add_argument("--lr1", type=float, metavar="X", help="stage-1 learning rate (0.07)")
     g.add_argument("--lr2", type=float, metavar="X", help="stage-2 learning rate (0.01)")
-    g.add_argument("--pose-init", choices=POSE_INITS,
-                   help="stage-1 start: chained pairwise Procrustes poses (procrustes) or the reference's identity")
-    g.add_argument("--lr1-procrustes", type=float, metavar="X",
-                   help="stage-1 learning rate when starting from the Procrustes poses (default: --lr1)")
-    g.add_argument("--loss-backend", choices=LOSS_BACKENDS,
-                   help="loss implementation: compiled kernels on CPU (auto), or the plain autograd twin")
-    g.add_argument("--threads", type=int, metavar="N",
-                   help="threads of the compiled alignment kernels (1; 0 = torch's count); results do not depend "
-                        "on it")
+    g.add_argument(
+        "--pose-init",
+        choices=POSE_INITS,
+        help="stage-1 start: chained pairwise Procrustes poses (procrustes) or the reference's identity",
+    )
+    g.add_argument(
+        "--lr1-procrustes",
+        type=float,
+        metavar="X",
+        help="stage-1 learning rate when starting from the Procrustes poses (default: --lr1)",
+    )
+    g.add_argument(
+        "--loss-backend",
+        choices=LOSS_BACKENDS,
+        help="loss implementation: compiled kernels on CPU (auto), or the plain autograd twin",
+    )
+    g.add_argument(
+        "--threads",
+        type=int,
+        metavar="N",
+        help="threads of the compiled alignment kernels (1; 0 = torch's count); results do not depend on it",
+    )
     g.add_argument("--shared-intrinsics", action="store_true", default=None, help="one camera for all images")
     g.add_argument("--device", metavar="DEV", help="cpu or cuda[:k] (cpu)")
     g.add_argument("--dtype", choices=DTYPES, help="optimisation precision (float32)")
@@ -81,17 +115,29 @@ def add_align(p: argparse.ArgumentParser, scene_graph: bool = True) -> None:
 
 def add_known(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("known cameras (names in the files are matched to image paths or file names)")
-    g.add_argument("--intrinsics", metavar="FILE",
-                   help="a COLMAP model folder, or a JSON {name: 3x3 K} in ORIGINAL pixels (pixel centres at "
-                        "integer coordinates)")
-    g.add_argument("--poses", metavar="FILE",
-                   help="known cam2w (OpenCV) for some or all images: a COLMAP model folder, cameras.json, "
-                        "transforms.json or a JSON {name: 4x4}")
-    g.add_argument("--fix-intrinsics", action=argparse.BooleanOptionalAction, default=None,
-                   help="keep given intrinsics fixed (default) or use them as initial values only")
-    g.add_argument("--fix-poses", action=argparse.BooleanOptionalAction, default=None,
-                   help="keep given poses fixed (default) or use them as soft priors")
-
+    g.add_argument(
+        "--intrinsics",
+        metavar="FILE",
+        help="a COLMAP model folder, or a JSON {name: 3x3 K} in ORIGINAL pixels (pixel centres at integer coordinates)",
+    )
+    g.add_argument(
+        "--poses",
+        metavar="FILE",
+        help="known cam2w (OpenCV) for some or all images: a COLMAP model folder, cameras.json, "
+        "transforms.json or a JSON {name: 4x4}",
+    )
+    g.add_argument(
+        "--fix-intrinsics",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="keep given intrinsics fixed (default) or use them as initial values only",
+    )
+    g.add_argument(
+        "--fix-poses",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="keep given poses fixed (default) or use them as soft priors",
+    )
 
 
 def setup_logging(args: argparse.Namespace) -> Callable[[], None]:
@@ -104,8 +150,9 @@ def setup_logging(args: argparse.Namespace) -> Callable[[], None]:
         if getattr(h, "_sparsega_cli", False):
             root.removeHandler(h)
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s" if args.debug
-                                           else "sparsega: %(message)s"))
+    handler.setFormatter(
+        logging.Formatter("%(levelname)s %(name)s: %(message)s" if args.debug else "sparsega: %(message)s")
+    )
     handler._sparsega_cli = True  # type: ignore[attr-defined]
     root.addHandler(handler)
     root.setLevel(level)
@@ -160,8 +207,11 @@ def emit(args: argparse.Namespace, summary: dict[str, Any]) -> None:
 def metrics_table(metrics: dict[str, Any]) -> str:
     """A small human-readable table of the main camera metrics."""
     rows = [
-        ("RRA@5 (%)", "rra5", 100.0), ("RTA@5 (%)", "rta5", 100.0), ("median rotation error (deg)", "rot_err_med", 1.0),
-        ("ATE (% of extent)", "ate_rel", 100.0), ("median focal error (%)", "focal_err_med", 100.0),
+        ("RRA@5 (%)", "rra5", 100.0),
+        ("RTA@5 (%)", "rta5", 100.0),
+        ("median rotation error (deg)", "rot_err_med", 1.0),
+        ("ATE (% of extent)", "ate_rel", 100.0),
+        ("median focal error (%)", "focal_err_med", 100.0),
         ("mAA@30 (%)", "maa30", 100.0),
     ]
     lines = [f"{'metric':<30}{'value':>10}", "-" * 40]
@@ -176,7 +226,6 @@ def one_line(msg: object) -> str:
     return " ".join(str(msg).split()) or "unknown error"
 
 
-
 def progress(args: argparse.Namespace) -> bool:
     """Progress bars unless ``--quiet`` or ``--json``."""
     return not (args.quiet or args.json)
@@ -184,5 +233,14 @@ def progress(args: argparse.Namespace) -> bool:
 
 def write(args: argparse.Namespace, result: Any, command: str, timings: dict[str, Any], **kw: Any) -> dict[str, Any]:
     """:func:`sparsega.io.output.write_result` with the output flags of ``args``."""
-    return write_result(result, args.output, command=command, overwrite=args.overwrite, min_conf=min_conf(args),
-                        progress=progress(args), argv=getattr(args, "_argv", []), timings=timings, **kw)
+    return write_result(
+        result,
+        args.output,
+        command=command,
+        overwrite=args.overwrite,
+        min_conf=min_conf(args),
+        progress=progress(args),
+        argv=getattr(args, "_argv", []),
+        timings=timings,
+        **kw,
+    )

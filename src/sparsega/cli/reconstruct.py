@@ -21,12 +21,23 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders or glob patterns")
     p.add_argument("-c", "--checkpoint", required=True, metavar="PATH", help="MASt3R checkpoint (.pth)")
     p.add_argument("--cache-dir", metavar="DIR", help="cache network predictions here")
-    p.add_argument("--image-size", type=int, default=None, metavar="S",
-                   help="network image size (long side; default: the checkpoint's, 512)")
-    p.add_argument("--ray", nargs="?", const="local", default=None, metavar="ADDRESS",
-                   help="run the pair inference on Ray workers: a local cluster, or the cluster at ADDRESS "
-                        "(host:port; then --cache-dir must be on a file system all nodes share); needs "
-                        "pip install 'sparsega[ray]'")
+    p.add_argument(
+        "--image-size",
+        type=int,
+        default=None,
+        metavar="S",
+        help="network image size (long side; default: the checkpoint's, 512)",
+    )
+    p.add_argument(
+        "--ray",
+        nargs="?",
+        const="local",
+        default=None,
+        metavar="ADDRESS",
+        help="run the pair inference on Ray workers: a local cluster, or the cluster at ADDRESS "
+        "(host:port; then --cache-dir must be on a file system all nodes share); needs "
+        "pip install 'sparsega[ray]'",
+    )
     p.add_argument("--workers", type=int, default=2, metavar="N", help="Ray workers (with --ray; default 2)")
     options.add_output(p)
     options.add_align(p)
@@ -60,9 +71,15 @@ def run(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     result = reconstruct(paths, str(ckpt), scene_graph=graph, components=True, **kw)
     t = {"reconstruct": time.perf_counter() - t0}
-    summary = options.write(args, result, "reconstruct", t, image_paths=paths,
-                            evaluate=(lambda sc: evaluate_scene(sc, gt)) if gt is not None else None,
-                            extra={"inputs": paths, "checkpoint": str(ckpt), "scene_graph": graph})
+    summary = options.write(
+        args,
+        result,
+        "reconstruct",
+        t,
+        image_paths=paths,
+        evaluate=(lambda sc: evaluate_scene(sc, gt)) if gt is not None else None,
+        extra={"inputs": paths, "checkpoint": str(ckpt), "scene_graph": graph},
+    )
     if summary.get("metrics") and not args.json:
         print(options.metrics_table(summary["metrics"]))
     options.emit(args, summary)

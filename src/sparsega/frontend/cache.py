@@ -51,7 +51,17 @@ _SHA_KEY = "sparsega.sha256"
 _VERSION_KEY = "sparsega.format_version"
 _PAIR_KIND = "PairPrediction"
 PAIR_FIELDS = (
-    "pts11", "conf11", "pts21", "conf21", "pts22", "conf22", "pts12", "conf12", "xy1", "xy2", "match_conf",
+    "pts11",
+    "conf11",
+    "pts21",
+    "conf21",
+    "pts22",
+    "conf22",
+    "pts12",
+    "conf12",
+    "xy1",
+    "xy2",
+    "match_conf",
 )
 
 
@@ -96,8 +106,9 @@ class ArrayStore:
     turn out corrupt, in which case ``get`` returns None.
     """
 
-    def __init__(self, root: str | os.PathLike[str], namespace: str,
-                 clean_stale_after_s: float | None = STALE_TEMP_AGE_S) -> None:
+    def __init__(
+        self, root: str | os.PathLike[str], namespace: str, clean_stale_after_s: float | None = STALE_TEMP_AGE_S
+    ) -> None:
         self.root = Path(root)
         self.namespace = _check_name(namespace, "namespace")
         self.dir = self.root / namespace
@@ -239,7 +250,7 @@ def _decode_entry(data: bytes) -> tuple[dict[str, np.ndarray], dict[str, Any]] |
     if n <= 0 or 8 + n > len(data):
         return "not a safetensors file (bad header length)"
     try:
-        header = json.loads(data[8: 8 + n].decode("utf-8"))
+        header = json.loads(data[8 : 8 + n].decode("utf-8"))
     except (UnicodeDecodeError, ValueError):
         return "not a safetensors file (unreadable header)"
     head_meta = header.get("__metadata__") if isinstance(header, dict) else None
@@ -362,8 +373,11 @@ class CacheDir:
             self._wipe()
         self.info = CacheInfo(FORMAT_VERSION, model_identity, datetime.now(timezone.utc).isoformat())
         data = json.dumps(
-            {"format_version": self.info.format_version, "model_identity": self.info.model_identity,
-             "created": self.info.created},
+            {
+                "format_version": self.info.format_version,
+                "model_identity": self.info.model_identity,
+                "created": self.info.created,
+            },
             indent=1,
         )
         atomic_write_bytes(self.root / META_FILE, data.encode("utf-8"))
@@ -437,7 +451,9 @@ def load_pair(store: ArrayStore, key: str, i: int, j: int) -> PairPrediction | N
         return None
     score = meta.get("score")
     pred = PairPrediction(
-        i=int(i), j=int(j), **{name: arrays[name] for name in PAIR_FIELDS},
+        i=int(i),
+        j=int(j),
+        **{name: arrays[name] for name in PAIR_FIELDS},
         score=None if score is None else (float(score[0]), float(score[1]), int(score[2])),
     )
     return pred

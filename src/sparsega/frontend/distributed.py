@@ -3,8 +3,8 @@
 How it works:
 
 - the driver checks the shared cache first; what is missing is cut into the decoder batches a local
-  :func:`~sparsega.frontend.inference.run_pairs` would use (same batch size, same order), so every pair is decoded in the
-  same company as in a local run; equal batches give equal floating-point results;
+  :func:`~sparsega.frontend.inference.run_pairs` would use (same batch size, same order), so every pair is decoded
+  in the same company as in a local run; equal batches give equal floating-point results;
 - the batches are partitioned into one group per worker by a greedy partition of the scene graph (each batch goes
   to the group whose images it shares most, within an even share of the pairs), so few images are encoded by more
   than one worker;
@@ -38,8 +38,8 @@ from typing import Any
 import numpy as np
 
 from ..errors import CacheError, ConfigError, InputError, SparsegaError
-from .images import LoadedImage, load_images
 from ..types import PairPrediction
+from .images import LoadedImage, load_images
 
 logger = logging.getLogger(__name__)
 
@@ -106,12 +106,18 @@ class PairWorker:
     """Ray actor body: one network per worker process, groups of batches computed into the shared cache.
 
     ``threads``: torch intra-op threads (CPU kernels split their sums by thread count, so bit-identical results
-    need the count of the run they are compared with). ``crash_after`` is a fault-injection hook for tests: ``(marker_path, n)``; the first process to save its n-th
-    pair creates ``marker_path`` (listing the keys it saved) and exits hard, as a killed worker would.
+    need the count of the run they are compared with). ``crash_after`` is a fault-injection hook for tests
+    (``_fault_injection``): ``(marker_path, n)``; the first process to save its n-th pair creates ``marker_path``
+    (listing the keys it saved) and exits hard, as a killed worker would.
     """
 
-    def __init__(self, checkpoint_path: str, device: str = "cpu", threads: int | None = None,
-                 crash_after: tuple[str, int] | None = None) -> None:
+    def __init__(
+        self,
+        checkpoint_path: str,
+        device: str = "cpu",
+        threads: int | None = None,
+        crash_after: tuple[str, int] | None = None,
+    ) -> None:
         import torch
 
         from .model import load_checkpoint
@@ -140,14 +146,21 @@ class PairWorker:
         os.close(fd)
         os._exit(1)
 
-    def run(self, images: list[LoadedImage], batches: list[Batch], cache_root: str, subsample: int,
-            desc_conf: str, batch_size: int, autocast: str | None) -> dict[str, Any]:
+    def run(
+        self,
+        images: list[LoadedImage],
+        batches: list[Batch],
+        cache_root: str,
+        subsample: int,
+        desc_conf: str,
+        batch_size: int,
+        autocast: str | None,
+    ) -> dict[str, Any]:
         """Compute the batches not complete in the cache; returns counts and the keys written."""
         import torch
 
         from .cache import CacheDir, save_pair
-        from .inference import CACHE_NAMESPACE, _autocast_ctx, _decode_batch, _FeatureBank, pair_cache_key, \
-            predict_pair
+        from .inference import CACHE_NAMESPACE, _autocast_ctx, _decode_batch, _FeatureBank, pair_cache_key, predict_pair
 
         net = self.net
         identity = net.identity
@@ -178,8 +191,12 @@ class PairWorker:
                         save_pair(store, key(i, j), pred)
                         written.append(key(i, j))
                         self._saved(key(i, j))
-        return {"written": written, "computed": computed, "skipped_batches": len(batches) - len(todo),
-                "encoded": len(bank.encoded)}
+        return {
+            "written": written,
+            "computed": computed,
+            "skipped_batches": len(batches) - len(todo),
+            "encoded": len(bank.encoded),
+        }
 
 
 # -------------------------------------------------------------------- driver
@@ -204,8 +221,7 @@ def _start_ray(ray: Any, ray_address: str | None, num_workers: int) -> bool:
     if ray.is_initialized():
         return False
     if ray_address is None:
-        ray.init(num_cpus=num_workers, include_dashboard=False, log_to_driver=False,
-                 logging_level=logging.WARNING)
+        ray.init(num_cpus=num_workers, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
     else:
         ray.init(address=ray_address, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
     return True
@@ -268,10 +284,10 @@ def run_pairs_ray(
         ConfigError: Ray is not installed; bad options; no cache folder with a remote cluster.
         SparsegaError: a worker kept failing after its retries.
     """
+    import torch
+
     from .cache import CacheDir
     from .inference import CACHE_NAMESPACE, DESC_CONF_CHOICES, _batches, _cache_lookup, _check_pairs
-
-    import torch
 
     ray = _import_ray()
     threads = torch.get_num_threads() if threads is None else _check_int("threads", threads, 1)
@@ -284,12 +300,17 @@ def run_pairs_ray(
     if not ckpt.is_file():
         raise InputError(f"checkpoint {ckpt} does not exist")
     if cache_dir is None and ray_address is not None:
-        raise ConfigError("distributed inference on a remote Ray cluster needs a cache_dir shared by all workers "
-                          "(--cache-dir on a shared file system)")
+        raise ConfigError(
+            "distributed inference on a remote Ray cluster needs a cache_dir shared by all workers "
+            "(--cache-dir on a shared file system)"
+        )
     if len(images) == 0:
         raise InputError("no images given")
-    loaded = (list(images) if all(isinstance(im, LoadedImage) for im in images)
-              else load_images([os.fspath(p) for p in images], size=size))  # type: ignore[arg-type]
+    loaded = (
+        list(images)
+        if all(isinstance(im, LoadedImage) for im in images)
+        else load_images([os.fspath(p) for p in images], size=size)
+    )  # type: ignore[arg-type]
     todo_all = _check_pairs(pairs, len(loaded))
 
     tmp = tempfile.TemporaryDirectory(prefix="sparsega-ray-cache-") if cache_dir is None else None
@@ -301,8 +322,10 @@ def run_pairs_ray(
         if device.startswith("cuda"):
             opts["num_gpus"] = 1
         actor_cls = ray.remote(**opts)(PairWorker)
-        actors += [actor_cls.remote(str(ckpt.resolve()), device, threads, _fault_injection.crash_after)
-                   for _ in range(num_workers)]
+        actors += [
+            actor_cls.remote(str(ckpt.resolve()), device, threads, _fault_injection.crash_after)
+            for _ in range(num_workers)
+        ]
         try:
             identity = ray.get(actors[0].identity.remote())
         except ray.exceptions.RayError as exc:
@@ -317,17 +340,35 @@ def run_pairs_ray(
         todo = np.array([p for p in todo_all.tolist() if tuple(p) not in done], dtype=np.int64).reshape(-1, 2)
         batches = list(_batches(todo, loaded, batch_size))
         groups = partition_batches(batches, num_workers) if batches else []
-        logger.info("%d pairs: %d from the cache, %d to compute in %d group(s) on %d worker(s)",
-                    len(todo_all), len(done), len(todo), len(groups), num_workers)
-        results = _run_groups(ray, actors, loaded, batches, groups, cache_root,
-                              (subsample, desc_conf, batch_size, autocast), progress, len(todo_all), len(done))
+        logger.info(
+            "%d pairs: %d from the cache, %d to compute in %d group(s) on %d worker(s)",
+            len(todo_all),
+            len(done),
+            len(todo),
+            len(groups),
+            num_workers,
+        )
+        results = _run_groups(
+            ray,
+            actors,
+            loaded,
+            batches,
+            groups,
+            cache_root,
+            (subsample, desc_conf, batch_size, autocast),
+            progress,
+            len(todo_all),
+            len(done),
+        )
 
         preds: list[PairPrediction] = []
         for i, j in todo_all.tolist():
             pred = done.get((i, j)) or lookup(i, j)
             if pred is None:
-                raise CacheError(f"pair ({i}, {j}) is missing from the cache {cache_root} after the workers finished "
-                                 "(deleted or corrupted meanwhile?): run again")
+                raise CacheError(
+                    f"pair ({i}, {j}) is missing from the cache {cache_root} after the workers finished "
+                    "(deleted or corrupted meanwhile?): run again"
+                )
             preds.append(pred)
     finally:
         for actor in actors:  # processes and the network copies they hold
@@ -337,15 +378,30 @@ def run_pairs_ray(
         if tmp is not None:
             tmp.cleanup()
     if stats is not None:
-        stats.update(n_pairs=len(todo_all), cache_hits=len(done), computed=sum(r["computed"] for r in results),
-                     encoded=sum(r["encoded"] for r in results), written=sum(len(r["written"]) for r in results),
-                     groups=[sum(len(batches[b]) for b in g) for g in groups], workers=num_workers)
+        stats.update(
+            n_pairs=len(todo_all),
+            cache_hits=len(done),
+            computed=sum(r["computed"] for r in results),
+            encoded=sum(r["encoded"] for r in results),
+            written=sum(len(r["written"]) for r in results),
+            groups=[sum(len(batches[b]) for b in g) for g in groups],
+            workers=num_workers,
+        )
     return preds
 
 
-def _run_groups(ray: Any, actors: list[Any], images: list[LoadedImage], batches: list[Batch],
-                groups: list[list[int]], cache_root: str, params: tuple[int, str, int, str | None],
-                progress: bool, total: int, initial: int) -> list[dict[str, Any]]:
+def _run_groups(
+    ray: Any,
+    actors: list[Any],
+    images: list[LoadedImage],
+    batches: list[Batch],
+    groups: list[list[int]],
+    cache_root: str,
+    params: tuple[int, str, int, str | None],
+    progress: bool,
+    total: int,
+    initial: int,
+) -> list[dict[str, Any]]:
     """One call per group (group g on actor g); waits for all, with a progress bar counting pairs.
 
     ``params``: (subsample, desc_conf, batch_size, autocast) passed to :meth:`PairWorker.run`.

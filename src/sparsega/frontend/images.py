@@ -183,7 +183,9 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
-def _resize_crop(img: Image.Image, size: int, square_ok: bool) -> tuple[Image.Image, tuple[int, int], tuple[int, int, int, int], str]:
+def _resize_crop(
+    img: Image.Image, size: int, square_ok: bool
+) -> tuple[Image.Image, tuple[int, int], tuple[int, int, int, int], str]:
     """Resize + centre-crop as the reference; returns (image, resized (W1, H1), crop box, resample name)."""
     w0, h0 = img.size
     if size == 224:
@@ -315,6 +317,7 @@ def photo_frames(images: Sequence[LoadedImage]) -> dict[str, np.ndarray]:
     ``original_sizes (N, 2)`` int64 (W, H); pass them to :func:`dataclasses.replace` on a Scene."""
     return {
         "net_to_orig": np.stack([im.intrinsics_to_original(np.eye(3)) for im in images]),
-        "original_sizes": np.array([[int(im.original_size[0]), int(im.original_size[1])] for im in images],
-                                   dtype=np.int64).reshape(-1, 2),
+        "original_sizes": np.array(
+            [[int(im.original_size[0]), int(im.original_size[1])] for im in images], dtype=np.int64
+        ).reshape(-1, 2),
     }

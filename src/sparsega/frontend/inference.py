@@ -5,9 +5,9 @@ What it does differently from the reference (same numbers, less work):
 - each image is encoded ONCE for all its pairs (the reference re-encodes both images for every pair); encoder
   features are kept in memory only while some pending pair still needs them;
 - both decoding directions of a pair, and several pairs whose image shapes agree, go through one decoder call;
-- predictions are cached on disk (:class:`~sparsega.frontend.cache.CacheDir`), keyed by the two images' content hashes, their
-  preprocessing, the checkpoint identity and the matching parameters; each pair is stored as soon as it is done, so
-  a rerun, or the rerun of an interrupted run, does no network work for what is already there.
+- predictions are cached on disk (:class:`~sparsega.frontend.cache.CacheDir`), keyed by the two images' content
+  hashes, their preprocessing, the checkpoint identity and the matching parameters; each pair is stored as soon as
+  it is done, so a rerun, or the rerun of an interrupted run, does no network work for what is already there.
 
 Matching: MASt3R nets (descriptors) use the reciprocal nearest neighbours of :func:`extract_correspondences`;
 DUSt3R nets (no descriptors) use 3D nearest neighbours of the pointmaps (:func:`match_pointmaps_3d`), as the
@@ -28,11 +28,11 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .cache import ArrayStore, CacheDir, load_pair, pair_key, save_pair
 from ..errors import CacheError, ConfigError, InputError
+from ..types import PairPrediction
+from .cache import ArrayStore, CacheDir, load_pair, pair_key, save_pair
 from .images import LoadedImage
 from .matching import extract_correspondences, match_pointmaps_3d, pair_score
-from ..types import PairPrediction
 
 logger = logging.getLogger(__name__)
 
@@ -53,8 +53,13 @@ def _preprocess_tag(im: LoadedImage) -> str:
 def pair_cache_key(im_a: LoadedImage, im_b: LoadedImage, model_identity: str, subsample: int, desc_conf: str) -> str:
     """Cache key of the ordered pair (a, b): content hashes, preprocessing, checkpoint, matching parameters."""
     preprocess = json.dumps([_preprocess_tag(im_a), _preprocess_tag(im_b)])
-    return pair_key(im_a.content_hash, im_b.content_hash, preprocess, model_identity,
-                    f"subsample={int(subsample)},desc_conf={desc_conf}")
+    return pair_key(
+        im_a.content_hash,
+        im_b.content_hash,
+        preprocess,
+        model_identity,
+        f"subsample={int(subsample)},desc_conf={desc_conf}",
+    )
 
 
 def _check_pairs(pairs: Any, n: int) -> np.ndarray:
@@ -99,13 +104,21 @@ def _np(t: torch.Tensor) -> np.ndarray:
 def _check_finite(pred: PairPrediction) -> None:
     for name in ("pts11", "pts21", "pts22", "pts12", "conf11", "conf21", "conf22", "conf12"):
         if not np.isfinite(getattr(pred, name)).all():
-            raise InputError(f"pair ({pred.i}, {pred.j}): the network produced non-finite {name} "
-                             "(try without autocast, or check the checkpoint)")
+            raise InputError(
+                f"pair ({pred.i}, {pred.j}): the network produced non-finite {name} "
+                "(try without autocast, or check the checkpoint)"
+            )
 
 
 def predict_pair(
-    i: int, j: int, res11: Result, res21: Result, res22: Result, res12: Result,
-    subsample: int = 8, desc_conf: str = "desc_conf",
+    i: int,
+    j: int,
+    res11: Result,
+    res21: Result,
+    res22: Result,
+    res12: Result,
+    subsample: int = 8,
+    desc_conf: str = "desc_conf",
 ) -> PairPrediction:
     """Match one pair from its four network outputs (single-pair dicts of (H, W, ...) tensors).
 
@@ -116,13 +129,20 @@ def predict_pair(
         key = "desc_conf" if desc_conf == "desc_conf" else "conf"
         xy1, xy2, mconf = extract_correspondences(
             [res11["desc"], res21["desc"], res22["desc"], res12["desc"]],
-            [res11[key], res21[key], res22[key], res12[key]], subsample=subsample)
+            [res11[key], res21[key], res22[key], res12[key]],
+            subsample=subsample,
+        )
     else:
         xy1, xy2, mconf = match_pointmaps_3d(
             [res11["pts3d"], res21["pts3d"], res22["pts3d"], res12["pts3d"]],
-            [res11["conf"], res21["conf"], res22["conf"], res12["conf"]], subsample=subsample)
-    maps = {f"{k}{ab}": _np(res[k2]) for ab, res in (("11", res11), ("21", res21), ("22", res22), ("12", res12))
-            for k, k2 in (("pts", "pts3d"), ("conf", "conf"))}
+            [res11["conf"], res21["conf"], res22["conf"], res12["conf"]],
+            subsample=subsample,
+        )
+    maps = {
+        f"{k}{ab}": _np(res[k2])
+        for ab, res in (("11", res11), ("21", res21), ("22", res22), ("12", res12))
+        for k, k2 in (("pts", "pts3d"), ("conf", "conf"))
+    }
     score = pair_score(maps["conf11"], maps["conf21"], maps["conf22"], maps["conf12"], mconf)
     pred = PairPrediction(i=int(i), j=int(j), xy1=xy1, xy2=xy2, match_conf=mconf, score=score, **maps)
     _check_finite(pred)
@@ -147,7 +167,7 @@ class _FeatureBank:
             groups.setdefault(self.images[k].true_shape, []).append(k)
         for ks in groups.values():
             for c in range(0, len(ks), self.batch_size):
-                chunk = ks[c:c + self.batch_size]
+                chunk = ks[c : c + self.batch_size]
                 if self.encoded.intersection(chunk):  # pragma: no cover - internal invariant
                     raise RuntimeError("an image would be encoded twice")
                 t0 = time.perf_counter()
@@ -156,7 +176,7 @@ class _FeatureBank:
                 _sync(feat)
                 self.encode_s += time.perf_counter() - t0
                 for b, k in enumerate(chunk):
-                    self.feats[k] = (feat[b:b + 1], pos[b:b + 1])
+                    self.feats[k] = (feat[b : b + 1], pos[b : b + 1])
                 self.encoded.update(chunk)
         return [self.feats[k] for k in idx]
 
@@ -172,8 +192,9 @@ def _split(res: Result, b: int) -> list[dict[str, torch.Tensor]]:
     return [{k: v[n] for k, v in res.items()} for n in range(b)]
 
 
-def _decode_batch(net: Any, bank: _FeatureBank, batch: Sequence[tuple[int, int]], shape1: Shape, shape2: Shape
-                  ) -> list[tuple[dict[str, torch.Tensor], ...]]:
+def _decode_batch(
+    net: Any, bank: _FeatureBank, batch: Sequence[tuple[int, int]], shape1: Shape, shape2: Shape
+) -> list[tuple[dict[str, torch.Tensor], ...]]:
     """(res11, res21, res22, res12) of each pair of ``batch`` (all pairs with shapes (shape1, shape2))."""
     b = len(batch)
     f1 = bank.get([i for i, _ in batch])
@@ -181,8 +202,14 @@ def _decode_batch(net: Any, bank: _FeatureBank, batch: Sequence[tuple[int, int]]
     feat1, pos1 = torch.cat([f[0] for f in f1]), torch.cat([f[1] for f in f1])
     feat2, pos2 = torch.cat([f[0] for f in f2]), torch.cat([f[1] for f in f2])
     if shape1 == shape2:  # both directions in one decoder call
-        first, second = net.decode_pair(torch.cat([feat1, feat2]), torch.cat([pos1, pos2]),
-                                        torch.cat([feat2, feat1]), torch.cat([pos2, pos1]), shape1, shape2)
+        first, second = net.decode_pair(
+            torch.cat([feat1, feat2]),
+            torch.cat([pos1, pos2]),
+            torch.cat([feat2, feat1]),
+            torch.cat([pos2, pos1]),
+            shape1,
+            shape2,
+        )
         heads1, heads2 = _split(first, 2 * b), _split(second, 2 * b)
         r11, r22, r21, r12 = heads1[:b], heads1[b:], heads2[:b], heads2[b:]
     else:
@@ -209,8 +236,9 @@ def _batches(todo: np.ndarray, images: Sequence[LoadedImage], batch_size: int) -
         yield [(int(todo[k, 0]), int(todo[k, 1])) for k in batch]
 
 
-def _cache_find(store: ArrayStore, images: Sequence[LoadedImage], i: int, j: int, identity: str, subsample: int,
-                desc_conf: str) -> tuple[str, bool, PairPrediction] | None:
+def _cache_find(
+    store: ArrayStore, images: Sequence[LoadedImage], i: int, j: int, identity: str, subsample: int, desc_conf: str
+) -> tuple[str, bool, PairPrediction] | None:
     """The readable cache entry of (i, j) in either orientation: ``(key, swapped, prediction as stored)``
     (``swapped``: stored as (j, i)), or None."""
     key = pair_cache_key(images[i], images[j], identity, subsample, desc_conf)
@@ -225,8 +253,9 @@ def _cache_find(store: ArrayStore, images: Sequence[LoadedImage], i: int, j: int
     return None
 
 
-def _cache_lookup(store: ArrayStore, images: Sequence[LoadedImage], i: int, j: int, identity: str, subsample: int,
-                  desc_conf: str) -> PairPrediction | None:
+def _cache_lookup(
+    store: ArrayStore, images: Sequence[LoadedImage], i: int, j: int, identity: str, subsample: int, desc_conf: str
+) -> PairPrediction | None:
     """The cached prediction of (i, j), stored in either orientation."""
     hit = _cache_find(store, images, i, j, identity, subsample, desc_conf)
     if hit is None:
@@ -251,8 +280,10 @@ class CachedPredictions(Sequence[PairPrediction]):
         i, j, key, swapped = self.entries[k]
         pred = load_pair(self.store, key, j, i) if swapped else load_pair(self.store, key, i, j)
         if pred is None:
-            raise CacheError(f"pair ({i}, {j}) disappeared from the cache {self.store.root} while in use "
-                             "(deleted or corrupted meanwhile?): run again")
+            raise CacheError(
+                f"pair ({i}, {j}) disappeared from the cache {self.store.root} while in use "
+                "(deleted or corrupted meanwhile?): run again"
+            )
         return pred.swapped() if swapped else pred
 
     @property
@@ -279,7 +310,8 @@ def run_pairs(
     """Network predictions + matches for the pairs of a scene graph.
 
     Args:
-        net: a :class:`~sparsega.frontend.model.MASt3RNet` (``encode``, ``decode_pair``, ``has_descriptors``, ``identity``).
+        net: a :class:`~sparsega.frontend.model.MASt3RNet` (``encode``, ``decode_pair``, ``has_descriptors``,
+            ``identity``).
         images: the loaded images (:func:`~sparsega.frontend.images.load_images`).
         pairs: (P, 2) image index pairs (e.g. :func:`~sparsega.frontend.pairs.make_pairs`); (j, i) repeats of (i, j) are
             dropped, so the output has one prediction per unordered pair, in the orientation met first.
@@ -358,9 +390,15 @@ def run_pairs(
     finally:
         bar.close()
     if stats is not None:
-        stats.update(n_pairs=len(todo_all), cache_hits=len(todo_all) - len(todo), computed=len(todo),
-                     encoded=len(bank.encoded), encode_s=bank.encode_s, decode_s=net_s - bank.encode_s,
-                     matching_s=match_s)
+        stats.update(
+            n_pairs=len(todo_all),
+            cache_hits=len(todo_all) - len(todo),
+            computed=len(todo),
+            encoded=len(bank.encoded),
+            encode_s=bank.encode_s,
+            decode_s=net_s - bank.encode_s,
+            matching_s=match_s,
+        )
     if stream and store is not None:
         return CachedPredictions(store, [(i, j, *found[(i, j)]) for i, j in todo_all.tolist()])
     return [results[(i, j)] for i, j in todo_all.tolist()]

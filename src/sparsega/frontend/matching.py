@@ -96,15 +96,15 @@ def _dot_nn(db: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
         sim = torch.empty(qt, d_tile, dtype=db.dtype, device=db.device)
         offsets = torch.tensor(starts, dtype=torch.int64, device=db.device)
         for q0 in range(0, q.shape[0], qt):
-            qb = q[q0:q0 + qt].contiguous()
+            qb = q[q0 : q0 + qt].contiguous()
             m = qb.shape[0]
             for k, d0 in enumerate(starts):
                 w = min(d_tile, n - d0)
                 s = sim[:m, :w]
-                torch.mm(qb, db_t[:, d0:d0 + w], out=s)
+                torch.mm(qb, db_t[:, d0 : d0 + w], out=s)
                 torch.max(s, dim=1, out=(vals[k, :m], idxs[k, :m]))
             best_tile = vals[:, :m].argmax(dim=0)  # first maximal tile
-            out[q0:q0 + m] = idxs[best_tile, torch.arange(m, device=db.device)] + offsets[best_tile]
+            out[q0 : q0 + m] = idxs[best_tile, torch.arange(m, device=db.device)] + offsets[best_tile]
         return out
 
     def query(q: torch.Tensor) -> torch.Tensor:
@@ -296,8 +296,12 @@ def _symmetric_matches(
     m11, m21, m22, m12 = maps
     q11, q21, q22, q12 = (_to_numpy_f32(q, f"confidence {n}") for q, n in zip(confs, names))
     s1, s2 = tuple(m11.shape[:2]), tuple(m22.shape[:2])
-    for m, q, s, n in ((m11, q11, s1, names[0]), (m21, q21, s2, names[1]), (m22, q22, s2, names[2]),
-                       (m12, q12, s1, names[3])):
+    for m, q, s, n in (
+        (m11, q11, s1, names[0]),
+        (m21, q21, s2, names[1]),
+        (m22, q22, s2, names[2]),
+        (m12, q12, s1, names[3]),
+    ):
         if tuple(m.shape[:2]) != s or q.shape != s:
             raise InputError(f"{n}: map {tuple(m.shape)} / confidence {q.shape} do not match image shape {s}")
     idx1, idx2, c1, c2 = [], [], [], []
@@ -334,7 +338,9 @@ def extract_correspondences(
         sqrt(q_1[xy1] * q_2[xy2]) from the pass that found the match first, in the order
         [11->21, 21->11, 12->22, 22->12]; unique, sorted by (idx1, idx2).
     """
-    return _symmetric_matches(descs, qonfs, subsample, max_iter, "dot", device, ("desc11", "desc21", "desc22", "desc12"))
+    return _symmetric_matches(
+        descs, qonfs, subsample, max_iter, "dot", device, ("desc11", "desc21", "desc22", "desc12")
+    )
 
 
 def match_pointmaps_3d(
@@ -365,8 +371,10 @@ def pair_score(
 
     Computed in float32 as the reference does. Sparse GA's kinematic tree uses the third element.
     """
-    c = [torch.as_tensor(_to_numpy_f32(x, n)) for x, n in
-         ((conf11, "conf11"), (conf12, "conf12"), (conf21, "conf21"), (conf22, "conf22"))]
+    c = [
+        torch.as_tensor(_to_numpy_f32(x, n))
+        for x, n in ((conf11, "conf11"), (conf12, "conf12"), (conf21, "conf21"), (conf22, "conf22"))
+    ]
     m = torch.as_tensor(_to_numpy_f32(match_conf, "match_conf")).ravel()
     geo = (c[0].mean() * c[1].mean() * c[2].mean() * c[3].mean()).sqrt().sqrt()
     return float(geo), float(m.sum()), int(m.numel())

@@ -43,8 +43,9 @@ class SceneGraph:
 
 
 def _bad(name: str, why: str) -> ConfigError:
-    return ConfigError(f"scene graph {name!r}: {why} (expected complete, swin[-k][-noncyclic], "
-                       f"logwin[-k][-noncyclic] or oneref[-i])")
+    return ConfigError(
+        f"scene graph {name!r}: {why} (expected complete, swin[-k][-noncyclic], logwin[-k][-noncyclic] or oneref[-i])"
+    )
 
 
 def parse_scene_graph(name: str) -> SceneGraph:

@@ -48,9 +48,11 @@ def load_intrinsics_file(path: str | os.PathLike) -> dict[str, np.ndarray]:
         return out
     try:
         data = json.loads(p.read_text())
-        items = ([(it["name"], it["K"]) for it in data["images"]] if isinstance(data, dict)
-                 and isinstance(data.get("images"), list) else
-                 [(k, v["K"] if isinstance(v, dict) else v) for k, v in data.items()])
+        items = (
+            [(it["name"], it["K"]) for it in data["images"]]
+            if isinstance(data, dict) and isinstance(data.get("images"), list)
+            else [(k, v["K"] if isinstance(v, dict) else v) for k, v in data.items()]
+        )
         for name, K in items:
             out[str(name)] = np.asarray(K, np.float64)
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
@@ -112,8 +114,10 @@ def load_ground_truth(path: str | os.PathLike) -> dict[str, dict[str, Any]]:
         if isinstance(data, dict) and isinstance(data.get("images"), list):  # our cameras.json
             for item in data["images"]:
                 K = item.get("K")
-                out[str(item["name"])] = {"cam2w": np.asarray(item["cam2w"], np.float64),
-                                          "focal": float(np.asarray(K)[0, 0]) if K is not None else None}
+                out[str(item["name"])] = {
+                    "cam2w": np.asarray(item["cam2w"], np.float64),
+                    "focal": float(np.asarray(K)[0, 0]) if K is not None else None,
+                }
                 if item.get("path"):
                     out[str(item["name"])]["path"] = str(item["path"])
         elif isinstance(data, dict) and isinstance(data.get("frames"), list):  # nerfstudio
@@ -129,8 +133,10 @@ def load_ground_truth(path: str | os.PathLike) -> dict[str, dict[str, Any]]:
                     focal = v.get("focal")
                     if focal is None and v.get("K") is not None:
                         focal = np.asarray(v["K"])[0, 0]
-                    out[str(name)] = {"cam2w": np.asarray(v["cam2w"], np.float64),
-                                      "focal": float(focal) if focal is not None else None}
+                    out[str(name)] = {
+                        "cam2w": np.asarray(v["cam2w"], np.float64),
+                        "focal": float(focal) if focal is not None else None,
+                    }
                 else:
                     out[str(name)] = {"cam2w": np.asarray(v, np.float64), "focal": None}
         else:
@@ -143,4 +149,3 @@ def load_ground_truth(path: str | os.PathLike) -> dict[str, dict[str, Any]]:
     if isinstance(data, dict) and isinstance(data.get("extent"), (int, float)):
         out["__extent__"] = {"extent": float(data["extent"])}
     return out
-

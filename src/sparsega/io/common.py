@@ -19,10 +19,19 @@ DEFAULT_MIN_CONF = 1.5
 # OpenCV camera axes (x right, y down, z forward) -> OpenGL (x right, y up, z backward)
 CV_TO_GL = np.diag([1.0, -1.0, -1.0, 1.0])
 
-_CMAP_ANCHORS = np.array([
-    (48, 18, 59), (70, 107, 227), (41, 187, 236), (49, 242, 153),
-    (163, 253, 61), (237, 208, 58), (251, 128, 34), (122, 4, 3),
-], dtype=np.float64)
+_CMAP_ANCHORS = np.array(
+    [
+        (48, 18, 59),
+        (70, 107, 227),
+        (41, 187, 236),
+        (49, 242, 153),
+        (163, 253, 61),
+        (237, 208, 58),
+        (251, 128, 34),
+        (122, 4, 3),
+    ],
+    dtype=np.float64,
+)
 
 
 def colorize_depth(depth: np.ndarray, valid: np.ndarray | None = None) -> np.ndarray:
@@ -126,8 +135,10 @@ def camera_colors(n: int) -> np.ndarray:
     sector = np.floor(h).astype(int) % 6
     rgb = np.select(
         [sector[:, None] == s for s in range(6)],
-        [np.stack(c, -1) for c in ((1 + z, x, z), (x, 1 + z, z), (z, 1 + z, x), (z, x, 1 + z),
-                                    (x, z, 1 + z), (1 + z, z, x))],
+        [
+            np.stack(c, -1)
+            for c in ((1 + z, x, z), (x, 1 + z, z), (z, 1 + z, x), (z, x, 1 + z), (x, z, 1 + z), (1 + z, z, x))
+        ],
     )
     return np.round(rgb * 230).astype(np.uint8)
 
@@ -154,4 +165,3 @@ def frustum_points(scene: Scene, scale: float | None = None) -> np.ndarray:
         cam = np.concatenate((np.zeros((1, 3)), rays * scale))
         out[k] = cam @ c2w[k, :3, :3].T + c2w[k, :3, 3]
     return out
-

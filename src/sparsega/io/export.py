@@ -12,10 +12,25 @@ from pathlib import Path
 from ..errors import ConfigError
 from ..fsutil import PathLike, staged_dir
 from ..scene import Scene
-from .common import (CV_TO_GL, DEFAULT_MIN_CONF, check_scene, colorize_depth, frustum_points, image_names,
-                     original_intrinsics, original_sizes)
-from .writers import (colmap_tracks, write_cameras_json, write_colmap, write_depths, write_glb, write_nerfstudio,
-                      write_ply)
+from .common import (
+    CV_TO_GL,
+    DEFAULT_MIN_CONF,
+    check_scene,
+    colorize_depth,
+    frustum_points,
+    image_names,
+    original_intrinsics,
+    original_sizes,
+)
+from .writers import (
+    colmap_tracks,
+    write_cameras_json,
+    write_colmap,
+    write_depths,
+    write_glb,
+    write_nerfstudio,
+    write_ply,
+)
 
 log = logging.getLogger(__name__)
 
@@ -49,9 +64,15 @@ def parse_formats(spec: str | Sequence[str]) -> list[str]:
 
 # ------------------------------------------------------------------------------------------------ writers
 # ------------------------------------------------------------------------------------------------ folders
-def export_to(scene: Scene, folder: PathLike, formats: str | Sequence[str] = "all", *,
-              min_conf: float = DEFAULT_MIN_CONF, base_dir: PathLike | None = None,
-              progress: bool = False) -> dict[str, float]:
+def export_to(
+    scene: Scene,
+    folder: PathLike,
+    formats: str | Sequence[str] = "all",
+    *,
+    min_conf: float = DEFAULT_MIN_CONF,
+    base_dir: PathLike | None = None,
+    progress: bool = False,
+) -> dict[str, float]:
     """Write ``formats`` into an existing ``folder`` directly (no staging). ``base_dir``: where the folder will
     finally live (for relative image paths in transforms.json). Returns seconds per format."""
     import time
@@ -73,8 +94,9 @@ def export_to(scene: Scene, folder: PathLike, formats: str | Sequence[str] = "al
         elif fmt == "colmap":
             write_colmap(scene, dest / "sparse" / "0")
         elif fmt == "nerfstudio":
-            write_nerfstudio(scene, dest, base_dir=base_dir or folder,
-                             ply_file_path=FORMATS["ply"] if "ply" in fmts else None)
+            write_nerfstudio(
+                scene, dest, base_dir=base_dir or folder, ply_file_path=FORMATS["ply"] if "ply" in fmts else None
+            )
         elif fmt == "cameras":
             write_cameras_json(scene, dest)
         elif fmt == "depth":
@@ -88,8 +110,16 @@ def export_to(scene: Scene, folder: PathLike, formats: str | Sequence[str] = "al
     return timings
 
 
-def export_all(scene: Scene, out_dir: PathLike, formats: str | Sequence[str] = "all", *, overwrite: bool = False,
-               merge: bool = False, min_conf: float = DEFAULT_MIN_CONF, progress: bool = False) -> dict[str, float]:
+def export_all(
+    scene: Scene,
+    out_dir: PathLike,
+    formats: str | Sequence[str] = "all",
+    *,
+    overwrite: bool = False,
+    merge: bool = False,
+    min_conf: float = DEFAULT_MIN_CONF,
+    progress: bool = False,
+) -> dict[str, float]:
     """Write ``formats`` (default all of :data:`FORMATS`) into ``out_dir`` atomically (see :func:`staged_dir`).
     Returns seconds per format."""
     check_scene(scene)
@@ -99,7 +129,23 @@ def export_all(scene: Scene, out_dir: PathLike, formats: str | Sequence[str] = "
 
 
 __all__ = [
-    "CV_TO_GL", "DEFAULT_MIN_CONF", "FORMATS", "parse_formats", "colorize_depth", "original_sizes", "original_intrinsics", "image_names",
-    "frustum_points", "colmap_tracks", "write_glb", "write_ply", "write_colmap", "write_nerfstudio",
-    "write_cameras_json", "write_depths", "staged_dir", "export_to", "export_all",
+    "CV_TO_GL",
+    "DEFAULT_MIN_CONF",
+    "FORMATS",
+    "parse_formats",
+    "colorize_depth",
+    "original_sizes",
+    "original_intrinsics",
+    "image_names",
+    "frustum_points",
+    "colmap_tracks",
+    "write_glb",
+    "write_ply",
+    "write_colmap",
+    "write_nerfstudio",
+    "write_cameras_json",
+    "write_depths",
+    "staged_dir",
+    "export_to",
+    "export_all",
 ]

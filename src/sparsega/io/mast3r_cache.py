@@ -118,13 +118,18 @@ def _read_forward(path: Path, lazy: bool = False) -> tuple[np.ndarray, np.ndarra
     data = _torch_load(path, mmap=lazy)
     if not isinstance(data, (tuple, list)) or len(data) != 4:
         raise InputError(f"{path}: expected a 4-tuple (X1, C1, X2, C2), got {type(data).__name__}")
-    names = ("pointmap of the first image", "confidence of the first image",
-             "pointmap of the second image", "confidence of the second image")
+    names = (
+        "pointmap of the first image",
+        "confidence of the first image",
+        "pointmap of the second image",
+        "confidence of the second image",
+    )
     x1, c1, x2, c2 = (_as_array(v, path, n, check_finite=not lazy) for v, n in zip(data, names))
     for x, c, n in ((x1, c1, "first"), (x2, c2, "second")):
         if x.ndim != 3 or x.shape[2] != 3 or c.shape != x.shape[:2]:
-            raise InputError(f"{path}: {n} image has pointmap {x.shape} and confidence {c.shape}, "
-                             "expected (H, W, 3) and (H, W)")
+            raise InputError(
+                f"{path}: {n} image has pointmap {x.shape} and confidence {c.shape}, expected (H, W, 3) and (H, W)"
+            )
     return x1, c1, x2, c2
 
 
@@ -143,8 +148,9 @@ def _read_corres(path: Path) -> tuple[tuple[float, float, int], np.ndarray, np.n
     conf = _as_array(conf_raw, path, "match confidences")
     m = conf.shape[0] if conf.ndim == 1 else -1
     if m < 0 or xy1.shape != (m, 2) or xy2.shape != (m, 2):
-        raise InputError(f"{path}: matches have shapes {xy1.shape}, {xy2.shape}, {conf.shape}, "
-                         "expected (M, 2), (M, 2), (M,)")
+        raise InputError(
+            f"{path}: matches have shapes {xy1.shape}, {xy2.shape}, {conf.shape}, expected (M, 2), (M, 2), (M,)"
+        )
     return score, xy1, xy2, conf
 
 
@@ -155,8 +161,20 @@ def _load_pair(record: tuple, lazy: bool) -> PairPrediction:
     x11, c11, x21, c21 = _read_forward(path_ij, lazy=lazy)
     x22, c22, x12, c12 = _read_forward(path_ji, lazy=lazy)
     pred = PairPrediction(
-        i=i, j=j, pts11=x11, conf11=c11, pts21=x21, conf21=c21, pts22=x22, conf22=c22, pts12=x12, conf12=c12,
-        xy1=xy1, xy2=xy2, match_conf=conf, score=score,
+        i=i,
+        j=j,
+        pts11=x11,
+        conf11=c11,
+        pts21=x21,
+        conf21=c21,
+        pts22=x22,
+        conf22=c22,
+        pts12=x12,
+        conf12=c12,
+        xy1=xy1,
+        xy2=xy2,
+        match_conf=conf,
+        score=score,
     )
     try:
         pred.validate()
@@ -174,8 +192,10 @@ class CachedPairSequence(Sequence[PairPrediction]):
     masked (with a warning) by the alignment instead of failing the whole read.
     """
 
-    def __init__(self, records: list[tuple[int, int, Path, Path, Path, tuple[float, float, int], np.ndarray,
-                                           np.ndarray, np.ndarray]]) -> None:
+    def __init__(
+        self,
+        records: list[tuple[int, int, Path, Path, Path, tuple[float, float, int], np.ndarray, np.ndarray, np.ndarray]],
+    ) -> None:
         self._records = records
 
     def __len__(self) -> int:
@@ -194,8 +214,13 @@ class CachedPairSequence(Sequence[PairPrediction]):
         return self._load(k)
 
 
-def read_mast3r_cache(cache_dir: PathLike, image_paths: Sequence[PathLike], subsample: int = 8,
-                      desc_conf: str = "desc_conf", lazy: bool = True) -> Sequence[PairPrediction]:
+def read_mast3r_cache(
+    cache_dir: PathLike,
+    image_paths: Sequence[PathLike],
+    subsample: int = 8,
+    desc_conf: str = "desc_conf",
+    lazy: bool = True,
+) -> Sequence[PairPrediction]:
     """Predictions of every pair of ``image_paths`` found complete in a naver MASt3R cache folder.
 
     A pair (a, b) is complete when both ``forward`` directions and a correspondence file (either direction) exist.
@@ -227,8 +252,7 @@ def read_mast3r_cache(cache_dir: PathLike, image_paths: Sequence[PathLike], subs
     if not corres_dir.is_dir():
         found = sorted(p.name for p in root.glob("corres_conf=*") if p.is_dir())
         hint = f" (found: {', '.join(found)})" if found else ""
-        raise InputError(f"{corres_dir} not found: no matches for subsample={subsample}, "
-                         f"desc_conf={desc_conf!r}{hint}")
+        raise InputError(f"{corres_dir} not found: no matches for subsample={subsample}, desc_conf={desc_conf!r}{hint}")
 
     index = {h: k for k, h in enumerate(hashes)}
     directions: set[tuple[int, int]] = set()
@@ -269,15 +293,21 @@ def read_mast3r_cache(cache_dir: PathLike, image_paths: Sequence[PathLike], subs
             preds.append(pred)
 
     if incomplete:
-        logger.warning("MASt3R cache %s: skipped %d incomplete pair(s): %s", root, len(incomplete),
-                       "; ".join(incomplete[:10]) + ("; ..." if len(incomplete) > 10 else ""))
+        logger.warning(
+            "MASt3R cache %s: skipped %d incomplete pair(s): %s",
+            root,
+            len(incomplete),
+            "; ".join(incomplete[:10]) + ("; ..." if len(incomplete) > 10 else ""),
+        )
     if lazy:
         out: Sequence[PairPrediction] = CachedPairSequence(records)
     else:
         out = preds
     if not len(out):
-        raise InputError(f"no complete pair of the {len(hashes)} given images in MASt3R cache {root} "
-                         "(paths must be the exact strings given to naver's tools)")
+        raise InputError(
+            f"no complete pair of the {len(hashes)} given images in MASt3R cache {root} "
+            "(paths must be the exact strings given to naver's tools)"
+        )
     logger.info("read %d pair(s) from MASt3R cache %s", len(out), root)
     return out
 
@@ -310,8 +340,13 @@ def pair_score(pred: PairPrediction) -> tuple[float, float, int]:
     return float(np.prod(means) ** 0.25), float(np.sum(pred.match_conf, dtype=np.float64)), int(pred.n_matches)
 
 
-def write_mast3r_cache(cache_dir: PathLike, image_paths: Sequence[PathLike], predictions: Sequence[PairPrediction],
-                       subsample: int = 8, desc_conf: str = "desc_conf") -> None:
+def write_mast3r_cache(
+    cache_dir: PathLike,
+    image_paths: Sequence[PathLike],
+    predictions: Sequence[PairPrediction],
+    subsample: int = 8,
+    desc_conf: str = "desc_conf",
+) -> None:
     """Write ``predictions`` in naver's cache layout (inverse of :func:`read_mast3r_cache`).
 
     ``pred.i``/``pred.j`` index ``image_paths``; the correspondence file is written for the (i, j) order only, as

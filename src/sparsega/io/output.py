@@ -57,11 +57,21 @@ def scene_counts(scene: Scene, min_conf: float) -> dict[str, Any]:
     }
 
 
-def write_result(result: Scene | ComponentResult, out: PathLike, *, command: str, overwrite: bool = False,
-                 min_conf: float = DEFAULT_MIN_CONF, progress: bool = False, argv: Sequence[str] = (),
-                 timings: Mapping[str, Any] | None = None, evaluate: Evaluate | None = None,
-                 image_paths: Sequence[str] | None = None, extra: Mapping[str, Any] | None = None,
-                 extra_files: Mapping[str, Callable[[Path], None]] | None = None) -> dict[str, Any]:
+def write_result(
+    result: Scene | ComponentResult,
+    out: PathLike,
+    *,
+    command: str,
+    overwrite: bool = False,
+    min_conf: float = DEFAULT_MIN_CONF,
+    progress: bool = False,
+    argv: Sequence[str] = (),
+    timings: Mapping[str, Any] | None = None,
+    evaluate: Evaluate | None = None,
+    image_paths: Sequence[str] | None = None,
+    extra: Mapping[str, Any] | None = None,
+    extra_files: Mapping[str, Callable[[Path], None]] | None = None,
+) -> dict[str, Any]:
     """Write ``result`` into ``out`` atomically (refused if it exists unless ``overwrite``) and return the summary.
 
     Args:
@@ -82,14 +92,30 @@ def write_result(result: Scene | ComponentResult, out: PathLike, *, command: str
             writer(tmp)
         if isinstance(result, Scene):
             entry = _write_scene(result, tmp, out, min_conf, progress, evaluate)
-            report = {**head, "config": result.info.get("config"),
-                      "timings_s": {**(timings or {}), "export": time.perf_counter() - t0,
-                                    "export_per_format": entry.pop("export_s"), "align": result.info.get("timings_s")},
-                      "counts": entry["counts"], "losses": result.info.get("stages"), "metrics": entry["metrics"],
-                      "min_conf": min_conf, **(extra or {})}
+            report = {
+                **head,
+                "config": result.info.get("config"),
+                "timings_s": {
+                    **(timings or {}),
+                    "export": time.perf_counter() - t0,
+                    "export_per_format": entry.pop("export_s"),
+                    "align": result.info.get("timings_s"),
+                },
+                "counts": entry["counts"],
+                "losses": result.info.get("stages"),
+                "metrics": entry["metrics"],
+                "min_conf": min_conf,
+                **(extra or {}),
+            }
             write_json(tmp / "report.json", report)
-            return {"command": command, "output": str(out), "report": str(out / "report.json"),
-                    "counts": report["counts"], "timings_s": report["timings_s"], "metrics": entry["metrics"]}
+            return {
+                "command": command,
+                "output": str(out),
+                "report": str(out / "report.json"),
+                "counts": report["counts"],
+                "timings_s": report["timings_s"],
+                "metrics": entry["metrics"],
+            }
         names = list(image_paths) if image_paths is not None else None
 
         def name(k: int) -> str:
@@ -101,27 +127,59 @@ def write_result(result: Scene | ComponentResult, out: PathLike, *, command: str
             (tmp / folder).mkdir()
             entry = _write_scene(scene, tmp / folder, out / folder, min_conf, progress, evaluate)
             idx = [int(i) for i in scene.image_index]
-            item = {"folder": folder, "images": [name(i) for i in idx], "image_indices": idx,
-                    "counts": entry["counts"], "metrics": entry["metrics"]}
-            write_json(tmp / folder / "report.json", {
-                **head, "component": k, **item, "config": scene.info.get("config"),
-                "losses": scene.info.get("stages"), "min_conf": min_conf,
-                "timings_s": {"align": scene.info.get("timings_s"), "export_per_format": entry["export_s"]}})
+            item = {
+                "folder": folder,
+                "images": [name(i) for i in idx],
+                "image_indices": idx,
+                "counts": entry["counts"],
+                "metrics": entry["metrics"],
+            }
+            write_json(
+                tmp / folder / "report.json",
+                {
+                    **head,
+                    "component": k,
+                    **item,
+                    "config": scene.info.get("config"),
+                    "losses": scene.info.get("stages"),
+                    "min_conf": min_conf,
+                    "timings_s": {"align": scene.info.get("timings_s"), "export_per_format": entry["export_s"]},
+                },
+            )
             comps.append(item)
         unregistered = [name(i) for i in result.unregistered]
         all_t = {**(timings or {}), "export": time.perf_counter() - t0}
-        write_json(tmp / "report.json", {**head, "timings_s": all_t, "components": comps,
-                                         "unregistered": unregistered, "min_conf": min_conf, **(extra or {})})
-    log.warning("the images split into %d reconstruction(s), written to %s; %d unregistered image(s)%s",
-                len(comps), ", ".join(str(out / c["folder"]) for c in comps), len(unregistered),
-                f": {', '.join(unregistered)}" if unregistered else "")
-    return {"command": command, "output": str(out), "report": str(out / "report.json"),
-            "components": [{k: c[k] for k in ("folder", "images", "counts", "metrics")} for c in comps],
-            "unregistered": unregistered, "timings_s": all_t}
+        write_json(
+            tmp / "report.json",
+            {
+                **head,
+                "timings_s": all_t,
+                "components": comps,
+                "unregistered": unregistered,
+                "min_conf": min_conf,
+                **(extra or {}),
+            },
+        )
+    log.warning(
+        "the images split into %d reconstruction(s), written to %s; %d unregistered image(s)%s",
+        len(comps),
+        ", ".join(str(out / c["folder"]) for c in comps),
+        len(unregistered),
+        f": {', '.join(unregistered)}" if unregistered else "",
+    )
+    return {
+        "command": command,
+        "output": str(out),
+        "report": str(out / "report.json"),
+        "components": [{k: c[k] for k in ("folder", "images", "counts", "metrics")} for c in comps],
+        "unregistered": unregistered,
+        "timings_s": all_t,
+    }
 
 
-def _write_scene(scene: Scene, folder: Path, final: Path, min_conf: float, progress: bool,
-                 evaluate: Evaluate | None) -> dict[str, Any]:
+def _write_scene(
+    scene: Scene, folder: Path, final: Path, min_conf: float, progress: bool, evaluate: Evaluate | None
+) -> dict[str, Any]:
     """Every export of one scene into ``folder`` (``final``: where it will live); counts, metrics, seconds."""
     metrics = evaluate(scene) if evaluate is not None and scene.n_images >= 2 else None
     export_s = export_to(scene, folder, "all", min_conf=min_conf, base_dir=final.resolve(), progress=progress)

@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from .common import DEFAULT_MIN_CONF, camera_colors, colorize_depth, frustum_points
 from ..scene import Scene
+from .common import DEFAULT_MIN_CONF, camera_colors, colorize_depth, frustum_points
 
 log = logging.getLogger(__name__)
 
@@ -49,8 +49,16 @@ def view_axes(scene: Scene) -> np.ndarray:
     return np.stack((e1, e2, up))
 
 
-def _panel(points: np.ndarray, colors: np.ndarray, frusta: np.ndarray, axes: tuple[np.ndarray, np.ndarray],
-           depth_axis: np.ndarray, size: tuple[int, int], title: str, cam_colors: np.ndarray) -> Image.Image:
+def _panel(
+    points: np.ndarray,
+    colors: np.ndarray,
+    frusta: np.ndarray,
+    axes: tuple[np.ndarray, np.ndarray],
+    depth_axis: np.ndarray,
+    size: tuple[int, int],
+    title: str,
+    cam_colors: np.ndarray,
+) -> Image.Image:
     """Orthographic render: screen x along ``axes[0]``, screen up along ``axes[1]``; points farther along
     ``depth_axis`` are hidden by nearer ones (nearer = smaller coordinate along ``depth_axis``)."""
     w, h = size
@@ -116,8 +124,7 @@ def _strip(scene: Scene, width: int, max_views: int, cam_colors: np.ndarray) -> 
         tw, th = max(1, int(w * scale)), max(1, int(h * scale))
         x0 = col * cell_w + (cell_w - tw) // 2
         rgb = Image.fromarray(np.ascontiguousarray(scene.images[k])).resize((tw, th), Image.BILINEAR)
-        dep = Image.fromarray(colorize_depth(scene.depthmaps[k])).resize(
-            (tw, th), Image.NEAREST)
+        dep = Image.fromarray(colorize_depth(scene.depthmaps[k])).resize((tw, th), Image.NEAREST)
         out.paste(rgb, (x0, label))
         out.paste(dep, (x0, label + cell_h))
         name = os.path.basename(str(scene.image_paths[k]))[:24]
@@ -125,8 +132,14 @@ def _strip(scene: Scene, width: int, max_views: int, cam_colors: np.ndarray) -> 
     return out
 
 
-def render_preview(scene: Scene, path: str | os.PathLike | None = None, width: int = 1200,
-                   min_conf: float = DEFAULT_MIN_CONF, max_points: int = 400_000, max_views: int = 8) -> Image.Image:
+def render_preview(
+    scene: Scene,
+    path: str | os.PathLike | None = None,
+    width: int = 1200,
+    min_conf: float = DEFAULT_MIN_CONF,
+    max_points: int = 400_000,
+    max_views: int = 8,
+) -> Image.Image:
     """Render the summary picture (see module doc) and save it as PNG at ``path`` when given."""
     pts, cols, _ = scene.point_cloud(min_conf=min_conf, dense=True)
     if len(pts) == 0:
@@ -152,8 +165,12 @@ def render_preview(scene: Scene, path: str | os.PathLike | None = None, width: i
     title_h = 20
     img = Image.new("RGB", (width, title_h + ph + strip.height), BACKGROUND)
     draw = ImageDraw.Draw(img)
-    draw.text((8, 4), f"sparsega: {scene.n_images} views, {len(pts):,} points shown (conf > {min_conf:g})",
-              fill=TEXT, font=ImageFont.load_default())
+    draw.text(
+        (8, 4),
+        f"sparsega: {scene.n_images} views, {len(pts):,} points shown (conf > {min_conf:g})",
+        fill=TEXT,
+        font=ImageFont.load_default(),
+    )
     img.paste(top, (0, title_h))
     img.paste(side, (half, title_h))
     img.paste(strip, (0, title_h + ph))

@@ -12,8 +12,8 @@ import time
 import numpy as np
 
 from ..errors import InputError
-from .common import DEFAULT_MIN_CONF, frustum_points
 from ..scene import Scene
+from .common import DEFAULT_MIN_CONF, frustum_points
 
 log = logging.getLogger(__name__)
 
@@ -35,8 +35,14 @@ def _thumbnail(img: np.ndarray, max_side: int = 160) -> np.ndarray:
     return np.asarray(Image.fromarray(np.ascontiguousarray(img)).resize((max(1, int(w * s)), max(1, int(h * s)))))
 
 
-def serve(scene: Scene, host: str = "127.0.0.1", port: int = 8080, min_conf: float = DEFAULT_MIN_CONF,
-          max_points: int = 1_000_000, block: bool = True) -> object:
+def serve(
+    scene: Scene,
+    host: str = "127.0.0.1",
+    port: int = 8080,
+    min_conf: float = DEFAULT_MIN_CONF,
+    max_points: int = 1_000_000,
+    block: bool = True,
+) -> object:
     """Start a viser server showing ``scene``; block until Ctrl-C when ``block`` (returns the server otherwise)."""
     try:
         import viser
@@ -56,12 +62,14 @@ def serve(scene: Scene, host: str = "127.0.0.1", port: int = 8080, min_conf: flo
     def show(thr: float) -> None:
         keep = confs > thr
         cloud["handle"] = server.scene.add_point_cloud(
-            "/points", points=pts[keep].astype(np.float32), colors=cols[keep], point_size=0.003 * _scale(scene))
+            "/points", points=pts[keep].astype(np.float32), colors=cols[keep], point_size=0.003 * _scale(scene)
+        )
 
     show(min_conf)
     hi = float(np.percentile(confs, 99)) if len(confs) else 10.0
-    slider = server.gui.add_slider("min confidence", min=0.0, max=max(hi, min_conf + 1e-3), step=0.05,
-                                   initial_value=min_conf)
+    slider = server.gui.add_slider(
+        "min confidence", min=0.0, max=max(hi, min_conf + 1e-3), step=0.05, initial_value=min_conf
+    )
 
     @slider.on_update
     def _(_: object) -> None:
@@ -73,9 +81,14 @@ def serve(scene: Scene, host: str = "127.0.0.1", port: int = 8080, min_conf: flo
         fy = float(scene.intrinsics[k, 1, 1])
         R = scene.cam2w[k, :3, :3].astype(np.float64)
         server.scene.add_camera_frustum(
-            f"/cameras/{k:04d}", fov=float(2 * np.arctan2(h / 2, fy)), aspect=w / h,
-            scale=float(np.linalg.norm(fr[k, 1] - fr[k, 0])) * 0.8, image=_thumbnail(scene.images[k]),
-            wxyz=vtf.SO3.from_matrix(R).wxyz, position=scene.cam2w[k, :3, 3].astype(np.float64))
+            f"/cameras/{k:04d}",
+            fov=float(2 * np.arctan2(h / 2, fy)),
+            aspect=w / h,
+            scale=float(np.linalg.norm(fr[k, 1] - fr[k, 0])) * 0.8,
+            image=_thumbnail(scene.images[k]),
+            wxyz=vtf.SO3.from_matrix(R).wxyz,
+            position=scene.cam2w[k, :3, 3].astype(np.float64),
+        )
     log.info("viewer running at http://%s:%d (Ctrl-C to stop)", host, port)
     if not block:
         return server

@@ -25,14 +25,30 @@ import numpy as np
 
 from ..fsutil import PathLike
 from ..scene import Scene
-from .common import (CV_TO_GL, DEFAULT_MIN_CONF, _subsample, camera_colors, check_scene, colorize_depth,
-                     frustum_points, image_names, original_intrinsics, original_sizes)
+from .common import (
+    CV_TO_GL,
+    DEFAULT_MIN_CONF,
+    _subsample,
+    camera_colors,
+    check_scene,
+    colorize_depth,
+    frustum_points,
+    image_names,
+    original_intrinsics,
+    original_sizes,
+)
 
 log = logging.getLogger(__name__)
 
 
-def write_glb(scene: Scene, path: PathLike, min_conf: float = DEFAULT_MIN_CONF, max_points: int | None = 2_000_000,
-              frustum_scale: float | None = None, gl_axes: bool = True) -> Path:
+def write_glb(
+    scene: Scene,
+    path: PathLike,
+    min_conf: float = DEFAULT_MIN_CONF,
+    max_points: int | None = 2_000_000,
+    frustum_scale: float | None = None,
+    gl_axes: bool = True,
+) -> Path:
     """Write a binary glTF: the dense point cloud (pixels with confidence > ``min_conf``, at most ``max_points``,
     a fixed random subset beyond) with colours, and one coloured line frustum per camera.
 
@@ -78,8 +94,18 @@ def write_ply(scene: Scene, path: PathLike, min_conf: float = DEFAULT_MIN_CONF, 
     pts, cols, confs = scene.point_cloud(min_conf=min_conf, dense=dense)
     if len(pts) == 0:
         log.warning("PLY: no point above min_conf=%g", min_conf)
-    vert = np.empty(len(pts), dtype=[("x", "f4"), ("y", "f4"), ("z", "f4"), ("red", "u1"), ("green", "u1"),
-                                     ("blue", "u1"), ("confidence", "f4")])
+    vert = np.empty(
+        len(pts),
+        dtype=[
+            ("x", "f4"),
+            ("y", "f4"),
+            ("z", "f4"),
+            ("red", "u1"),
+            ("green", "u1"),
+            ("blue", "u1"),
+            ("confidence", "f4"),
+        ],
+    )
     vert["x"], vert["y"], vert["z"] = pts[:, 0], pts[:, 1], pts[:, 2]
     vert["red"], vert["green"], vert["blue"] = cols[:, 0], cols[:, 1], cols[:, 2]
     vert["confidence"] = confs
@@ -171,7 +197,10 @@ def write_colmap(scene: Scene, folder: PathLike, depth_tol: float = 0.01, tracks
     w2c = np.linalg.inv(scene.cam2w.astype(np.float64))
     for k in range(n):
         cam = pycolmap.Camera(
-            camera_id=k + 1, model="PINHOLE", width=int(sizes[k, 0]), height=int(sizes[k, 1]),
+            camera_id=k + 1,
+            model="PINHOLE",
+            width=int(sizes[k, 0]),
+            height=int(sizes[k, 1]),
             params=[K0[k, 0, 0], K0[k, 1, 1], K0[k, 0, 2] + 0.5, K0[k, 1, 2] + 0.5],
         )
         rec.add_camera_with_trivial_rig(cam)
@@ -197,8 +226,9 @@ def write_colmap(scene: Scene, folder: PathLike, depth_tol: float = 0.01, tracks
     return folder
 
 
-def write_nerfstudio(scene: Scene, path: PathLike, base_dir: PathLike | None = None,
-                     ply_file_path: str | None = None) -> Path:
+def write_nerfstudio(
+    scene: Scene, path: PathLike, base_dir: PathLike | None = None, ply_file_path: str | None = None
+) -> Path:
     """Write a nerfstudio ``transforms.json``: OpenGL camera axes (``transform_matrix = cam2w @ diag(1,-1,-1,1)``),
     per-frame ``fl_x, fl_y, cx, cy, w, h`` in original pixels (corner-origin convention, as COLMAP), zero
     distortion, ``file_path`` relative to ``base_dir`` (the folder the file will live in; default: its parent)
@@ -216,14 +246,22 @@ def write_nerfstudio(scene: Scene, path: PathLike, base_dir: PathLike | None = N
             file_path = rel if not rel.startswith("..") else img
         except ValueError:  # other drive on Windows
             file_path = img
-        frames.append({
-            "file_path": file_path.replace(os.sep, "/"),
-            "transform_matrix": (scene.cam2w[k].astype(np.float64) @ CV_TO_GL).tolist(),
-            "fl_x": float(K0[k, 0, 0]), "fl_y": float(K0[k, 1, 1]),
-            "cx": float(K0[k, 0, 2] + 0.5), "cy": float(K0[k, 1, 2] + 0.5),
-            "w": int(sizes[k, 0]), "h": int(sizes[k, 1]),
-            "k1": 0.0, "k2": 0.0, "p1": 0.0, "p2": 0.0,
-        })
+        frames.append(
+            {
+                "file_path": file_path.replace(os.sep, "/"),
+                "transform_matrix": (scene.cam2w[k].astype(np.float64) @ CV_TO_GL).tolist(),
+                "fl_x": float(K0[k, 0, 0]),
+                "fl_y": float(K0[k, 1, 1]),
+                "cx": float(K0[k, 0, 2] + 0.5),
+                "cy": float(K0[k, 1, 2] + 0.5),
+                "w": int(sizes[k, 0]),
+                "h": int(sizes[k, 1]),
+                "k1": 0.0,
+                "k2": 0.0,
+                "p1": 0.0,
+                "p2": 0.0,
+            }
+        )
     meta: dict[str, Any] = {"camera_model": "OPENCV", "frames": frames}
     if ply_file_path:
         meta["ply_file_path"] = ply_file_path
@@ -241,18 +279,22 @@ def write_cameras_json(scene: Scene, path: PathLike) -> Path:
     images = []
     for k in range(scene.n_images):
         h, w = scene.shapes[k]
-        images.append({
-            "name": names[k], "path": str(scene.image_paths[k]),
-            "width": int(sizes[k, 0]), "height": int(sizes[k, 1]),
-            "cam2w": scene.cam2w[k].astype(np.float64).tolist(),
-            "K": K0[k].tolist(),
-            "K_network": scene.intrinsics[k].astype(np.float64).tolist(),
-            "network_size": [int(w), int(h)],
-            "net_to_orig": np.asarray(scene.net_to_orig[k], np.float64).tolist(),
-        })
+        images.append(
+            {
+                "name": names[k],
+                "path": str(scene.image_paths[k]),
+                "width": int(sizes[k, 0]),
+                "height": int(sizes[k, 1]),
+                "cam2w": scene.cam2w[k].astype(np.float64).tolist(),
+                "K": K0[k].tolist(),
+                "K_network": scene.intrinsics[k].astype(np.float64).tolist(),
+                "network_size": [int(w), int(h)],
+                "net_to_orig": np.asarray(scene.net_to_orig[k], np.float64).tolist(),
+            }
+        )
     doc = {
         "convention": "cam2w: camera-to-world, OpenCV camera axes (x right, y down, z forward); K: pinhole "
-                      "intrinsics in original image pixels, pixel centres at integer coordinates",
+        "intrinsics in original image pixels, pixel centres at integer coordinates",
         "images": images,
     }
     path = Path(path)
@@ -274,4 +316,3 @@ def write_depths(scene: Scene, folder: PathLike) -> Path:
         np.save(folder / f"{stem}.npy", depth)
         Image.fromarray(colorize_depth(depth)).save(folder / f"{stem}.png")
     return folder
-

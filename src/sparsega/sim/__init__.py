@@ -12,5 +12,18 @@ from .scenes import look_at, make_scene, scene_from_spec, write_truth
 from .simulate import LazyPredictions, SimConfig, simulate_predictions
 from .world import KINDS, Geometry, SceneSpec, SyntheticScene, base_focal
 
-__all__ = ["KINDS", "Geometry", "LazyPredictions", "SceneSpec", "SimConfig", "SyntheticScene", "base_focal",
-           "look_at", "make_scene", "render_scene", "scene_from_spec", "simulate_predictions", "write_truth"]
+__all__ = [
+    "KINDS",
+    "Geometry",
+    "LazyPredictions",
+    "SceneSpec",
+    "SimConfig",
+    "SyntheticScene",
+    "base_focal",
+    "look_at",
+    "make_scene",
+    "render_scene",
+    "scene_from_spec",
+    "simulate_predictions",
+    "write_truth",
+]

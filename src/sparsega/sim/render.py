@@ -4,7 +4,7 @@ vectorised over 16x16-pixel tiles of several views at once, with objects culled 
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -16,9 +16,7 @@ _CHUNK_PIXELS = 1 << 18  # rays ray-cast together; bounds the temporaries to a f
 _TILE = 16  # rays are cast in 16x16-pixel tiles; objects are culled per tile
 
 
-def _tile_rays(
-    cam2w: np.ndarray, k: np.ndarray, shape: tuple[int, int]
-) -> tuple[np.ndarray, np.ndarray]:
+def _tile_rays(cam2w: np.ndarray, k: np.ndarray, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
     """World ray directions of one view in tile order, and each tile's normalised image bounds.
 
     Returns:
@@ -35,10 +33,15 @@ def _tile_rays(
     ys = (ty[:, None] * _TILE + iy[None, :] - k[1, 2]) / k[1, 1]
     rot = cam2w[:3, :3]
     dirs = rot[:, 0, None, None] * xs + rot[:, 1, None, None] * ys + rot[:, 2, None, None]
-    bounds = np.stack([
-        (tx * _TILE - 0.5 - k[0, 2]) / k[0, 0], (tx * _TILE + _TILE - 0.5 - k[0, 2]) / k[0, 0],
-        (ty * _TILE - 0.5 - k[1, 2]) / k[1, 1], (ty * _TILE + _TILE - 0.5 - k[1, 2]) / k[1, 1],
-    ], axis=1)
+    bounds = np.stack(
+        [
+            (tx * _TILE - 0.5 - k[0, 2]) / k[0, 0],
+            (tx * _TILE + _TILE - 0.5 - k[0, 2]) / k[0, 0],
+            (ty * _TILE - 0.5 - k[1, 2]) / k[1, 1],
+            (ty * _TILE + _TILE - 0.5 - k[1, 2]) / k[1, 1],
+        ],
+        axis=1,
+    )
     return dirs, bounds
 
 
@@ -190,8 +193,9 @@ def render_scene(
     n = len(cam2w)
     shapes = [(int(h), int(w)) for h, w in shapes]
     if cam2w.shape != (n, 4, 4) or intrinsics.shape != (n, 3, 3) or len(shapes) != n:
-        raise InputError(f"render_scene: cam2w {cam2w.shape}, intrinsics {intrinsics.shape} and {len(shapes)} "
-                         "shapes disagree")
+        raise InputError(
+            f"render_scene: cam2w {cam2w.shape}, intrinsics {intrinsics.shape} and {len(shapes)} shapes disagree"
+        )
     if np.abs(intrinsics[:, 0, 1]).max(initial=0) > 0:
         raise InputError("render_scene: intrinsics must have zero skew")
     centres = cam2w[:, :3, 3]
@@ -232,6 +236,13 @@ def render_scene(
     extent = float(np.linalg.norm(spread))
     if extent < 1e-9:
         extent = float(np.linalg.norm(geometry.room_hi - geometry.room_lo))
-    return SyntheticScene(kind=kind, cam2w=cam2w, intrinsics=intrinsics, depthmaps=depthmaps, images=images,
-                          extent=extent, geometry=geometry, spec=spec)
-
+    return SyntheticScene(
+        kind=kind,
+        cam2w=cam2w,
+        intrinsics=intrinsics,
+        depthmaps=depthmaps,
+        images=images,
+        extent=extent,
+        geometry=geometry,
+        spec=spec,
+    )

@@ -7,8 +7,9 @@ import dataclasses
 import json
 import math
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -79,16 +80,27 @@ def _wall_boxes(rng: np.random.Generator, lo: np.ndarray, hi: np.ndarray, n: int
     return out
 
 
-def _geometry(rng: np.random.Generator, lo: Sequence[float], hi: Sequence[float], spheres: list[list[float]],
-              boxes: list[list[float]]) -> Geometry:
+def _geometry(
+    rng: np.random.Generator,
+    lo: Sequence[float],
+    hi: Sequence[float],
+    spheres: list[list[float]],
+    boxes: list[list[float]],
+) -> Geometry:
     sph = np.asarray(spheres, np.float64).reshape(-1, 4)
     bxs = np.asarray(boxes, np.float64).reshape(-1, 7)
     colors = np.concatenate([0.55 + 0.4 * _palette(rng, 6) * 0.6, _palette(rng, len(sph) + len(bxs))])
     dirs = rng.normal(size=(3, 3))
     dirs /= np.linalg.norm(dirs, axis=1, keepdims=True)
     waves = np.concatenate([dirs * rng.uniform(5, 14, (3, 1)), rng.uniform(0, 2 * np.pi, (3, 1))], axis=1)
-    return Geometry(room_lo=np.asarray(lo, np.float64), room_hi=np.asarray(hi, np.float64), spheres=sph,
-                    boxes=bxs, colors=colors, waves=waves)
+    return Geometry(
+        room_lo=np.asarray(lo, np.float64),
+        room_hi=np.asarray(hi, np.float64),
+        spheres=sph,
+        boxes=bxs,
+        colors=colors,
+        waves=waves,
+    )
 
 
 def _layout(spec: SceneSpec, rng: np.random.Generator) -> tuple[Geometry, np.ndarray]:
@@ -152,15 +164,17 @@ def _layout(spec: SceneSpec, rng: np.random.Generator) -> tuple[Geometry, np.nda
     pitch = rng.normal(math.radians(-4.0), math.radians(2.0), n)
     rolls = rng.normal(0, math.radians(1.5), n)
     for k in range(n):
-        fwd = np.array([math.cos(yaw[k]) * math.cos(pitch[k]), math.sin(yaw[k]) * math.cos(pitch[k]),
-                        math.sin(pitch[k])])
+        fwd = np.array(
+            [math.cos(yaw[k]) * math.cos(pitch[k]), math.sin(yaw[k]) * math.cos(pitch[k]), math.sin(pitch[k])]
+        )
         eye = np.array([xs[k], ys[k], zs[k]])
         cams[k] = look_at(eye, eye + fwd, rolls[k])
     return geom, cams
 
 
-def make_scene(kind: str = "orbit", n_views: int = 8, height: int = 192, width: int = 256, seed: int = 0,
-               **kw: Any) -> SyntheticScene:
+def make_scene(
+    kind: str = "orbit", n_views: int = 8, height: int = 192, width: int = 256, seed: int = 0, **kw: Any
+) -> SyntheticScene:
     """Build and render a seeded ground-truth scene (see :class:`SceneSpec` for the options).
 
     Deterministic in its arguments. Focals vary per view (``focal_range`` x :func:`base_focal`), principal
@@ -193,7 +207,6 @@ def scene_from_spec(spec: SceneSpec) -> SyntheticScene:
     return render_scene(geom, cams, intr, shapes, kind=spec.kind, spec=spec)
 
 
-
 def write_truth(scene: SyntheticScene, folder: str | os.PathLike, names: Sequence[str]) -> None:
     """Write the scene's images as ``folder/images/<name>`` (PNG) and its cameras as ``folder/ground_truth.json``
     (the ``cameras.json`` layout, with the scene extent), readable by
@@ -204,7 +217,11 @@ def write_truth(scene: SyntheticScene, folder: str | os.PathLike, names: Sequenc
     (folder / "images").mkdir(parents=True, exist_ok=True)
     for name, im in zip(names, scene.images):
         Image.fromarray(np.asarray(im, np.uint8)).save(folder / "images" / name)
-    doc = {"extent": float(scene.extent), "images": [
-        {"name": n, "cam2w": np.asarray(c, np.float64).tolist(), "K": np.asarray(K, np.float64).tolist()}
-        for n, c, K in zip(names, scene.cam2w, scene.intrinsics)]}
+    doc = {
+        "extent": float(scene.extent),
+        "images": [
+            {"name": n, "cam2w": np.asarray(c, np.float64).tolist(), "K": np.asarray(K, np.float64).tolist()}
+            for n, c, K in zip(names, scene.cam2w, scene.intrinsics)
+        ],
+    }
     (folder / "ground_truth.json").write_text(json.dumps(doc, indent=1))

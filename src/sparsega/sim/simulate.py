@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -74,8 +75,17 @@ class SimConfig:
         lo, hi = self.scale_range
         if not (0 < lo <= hi and np.isfinite(hi)):
             raise bad("scale_range", "need 0 < low <= high")
-        for name in ("depth_distortion", "focal_error", "point_noise", "hidden_noise", "noise_scale", "conf_max",
-                     "match_px_noise", "conf_spread", "occlusion_tol"):
+        for name in (
+            "depth_distortion",
+            "focal_error",
+            "point_noise",
+            "hidden_noise",
+            "noise_scale",
+            "conf_max",
+            "match_px_noise",
+            "conf_spread",
+            "occlusion_tol",
+        ):
             v = getattr(self, name)
             if not (np.isfinite(v) and v >= 0):
                 raise bad(name, "must be a finite number >= 0")
@@ -96,7 +106,7 @@ class SimConfig:
         if not 1 <= self.poor_conf_max <= 5:
             raise bad("poor_conf_max", "must be in [1, 5]")
 
-    def replace(self, **overrides: Any) -> "SimConfig":
+    def replace(self, **overrides: Any) -> SimConfig:
         """A copy with some fields changed; unknown names raise :class:`ConfigError`."""
         names = {f.name for f in dataclasses.fields(self)}
         unknown = sorted(set(overrides) - names)
@@ -134,8 +144,9 @@ def _view_cache(scene: SyntheticScene, i: int, subsample: int) -> _ViewCache:
     return _ViewCache(pts=pts, dist=_norm3(pts), depth=scene.depthmaps[i], basis=basis, seeds=(gy * w + gx).ravel())
 
 
-def _transfer(src: _ViewCache, dst: _ViewCache, a2b: np.ndarray, k_dst: np.ndarray, tol: float
-              ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def _transfer(
+    src: _ViewCache, dst: _ViewCache, a2b: np.ndarray, k_dst: np.ndarray, tol: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Express the points of view a in camera b and project them.
 
     Returns:
@@ -174,13 +185,21 @@ class _NoiseBank:
     def draw(self, rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
         n = int(np.prod(shape))
         start = int(rng.integers(0, len(self.samples) - n + 1))
-        out = self.samples[start:start + n].reshape(shape)
+        out = self.samples[start : start + n].reshape(shape)
         return -out if rng.integers(2) else out.copy()
 
 
-def _corrupt(truth: np.ndarray, dist: np.ndarray, basis: np.ndarray, rng: np.random.Generator, sim: SimConfig,
-             scale: float, focal_err: float, noise_rel: np.ndarray | float, bank: _NoiseBank
-             ) -> tuple[np.ndarray, np.ndarray]:
+def _corrupt(
+    truth: np.ndarray,
+    dist: np.ndarray,
+    basis: np.ndarray,
+    rng: np.random.Generator,
+    sim: SimConfig,
+    scale: float,
+    focal_err: float,
+    noise_rel: np.ndarray | float,
+    bank: _NoiseBank,
+) -> tuple[np.ndarray, np.ndarray]:
     """One predicted pointmap and its confidence from the true (3, H, W) float32 points in the reference frame.
 
     ``dist`` (H, W) is the truth's distance to the reference camera; ``noise_rel`` the noise std relative to it.
@@ -216,8 +235,9 @@ def _lognormal_conf(rng: np.random.Generator, centre: float, spread: float, n: i
     return np.clip(centre * np.exp(spread * rng.standard_normal(n)), 1.0, 30.0)
 
 
-def _simulate_pair(scene: SyntheticScene, cache: dict[int, _ViewCache], i: int, j: int, sim: SimConfig,
-                   seed: int, bank: _NoiseBank) -> PairPrediction:
+def _simulate_pair(
+    scene: SyntheticScene, cache: dict[int, _ViewCache], i: int, j: int, sim: SimConfig, seed: int, bank: _NoiseBank
+) -> PairPrediction:
     rng = np.random.default_rng([int(seed), i, j])
     ci, cj = cache[i], cache[j]
     w2c = np.linalg.inv(scene.cam2w[[i, j]])
@@ -241,8 +261,9 @@ def _simulate_pair(scene: SyntheticScene, cache: dict[int, _ViewCache], i: int, 
     (hi_, wi), (hj, wj) = ci.depth.shape, cj.depth.shape
     px_noise = sim.match_px_noise * sim.noise_scale
 
-    def seeded(seeds: np.ndarray, vis: np.ndarray, u: np.ndarray, v: np.ndarray, h: int, w: int
-               ) -> tuple[np.ndarray, np.ndarray]:
+    def seeded(
+        seeds: np.ndarray, vis: np.ndarray, u: np.ndarray, v: np.ndarray, h: int, w: int
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Grid seeds of one image that are visible in the other, and their noisy rounded partners."""
         s = seeds[vis.ravel()[seeds]]
         s = s[rng.uniform(size=len(s)) < sim.match_keep]
@@ -283,13 +304,27 @@ def _simulate_pair(scene: SyntheticScene, cache: dict[int, _ViewCache], i: int, 
     conf = conf[order].astype(np.float32)
     mean_conf = [float(c.mean()) for c in (conf11, conf21, conf22, conf12)]
     score = (float(np.prod(mean_conf) ** 0.25), float(conf.sum()), int(len(conf)))
-    return PairPrediction(i=i, j=j, pts11=pts11, conf11=conf11, pts21=pts21, conf21=conf21, pts22=pts22,
-                          conf22=conf22, pts12=pts12, conf12=conf12, xy1=xy1, xy2=xy2, match_conf=conf,
-                          score=score)
+    return PairPrediction(
+        i=i,
+        j=j,
+        pts11=pts11,
+        conf11=conf11,
+        pts21=pts21,
+        conf21=conf21,
+        pts22=pts22,
+        conf22=conf22,
+        pts12=pts12,
+        conf12=conf12,
+        xy1=xy1,
+        xy2=xy2,
+        match_conf=conf,
+        score=score,
+    )
 
 
-def simulate_predictions(scene: SyntheticScene, pairs: np.ndarray | Sequence[Sequence[int]],
-                         sim: SimConfig | None = None, seed: int = 0) -> list[PairPrediction]:
+def simulate_predictions(
+    scene: SyntheticScene, pairs: np.ndarray | Sequence[Sequence[int]], sim: SimConfig | None = None, seed: int = 0
+) -> list[PairPrediction]:
     """MASt3R-like predictions for the given image pairs of a ground-truth scene.
 
     Args:
@@ -334,8 +369,13 @@ class LazyPredictions(Sequence[PairPrediction]):
     pointmaps).
     """
 
-    def __init__(self, scene: SyntheticScene, pairs: np.ndarray | Sequence[Sequence[int]],
-                 sim: SimConfig | None = None, seed: int = 0) -> None:
+    def __init__(
+        self,
+        scene: SyntheticScene,
+        pairs: np.ndarray | Sequence[Sequence[int]],
+        sim: SimConfig | None = None,
+        seed: int = 0,
+    ) -> None:
         self.scene, self.sim, self.seed = scene, (sim if sim is not None else SimConfig()), seed
         seen: set[tuple[int, int]] = set()
         self.pairs: list[tuple[int, int]] = []
@@ -358,4 +398,3 @@ class LazyPredictions(Sequence[PairPrediction]):
             if v not in self._views:
                 self._views[v] = _view_cache(self.scene, v, self.sim.subsample)
         return _simulate_pair(self.scene, self._views, a, b, self.sim, self.seed, self._bank)
-

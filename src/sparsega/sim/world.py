@@ -78,7 +78,9 @@ class SceneSpec:
             if not (np.isfinite(v) and v > 0):
                 raise ConfigError(f"{name}={v!r}: must be a finite number > 0")
         if self.radius < 2.2 or self.radius > 6.0:
-            raise ConfigError(f"radius={self.radius!r}: must be in [2.2, 6] (cameras between the objects and the walls)")
+            raise ConfigError(
+                f"radius={self.radius!r}: must be in [2.2, 6] (cameras between the objects and the walls)"
+            )
 
 
 @dataclass(frozen=True, eq=False)
@@ -173,4 +175,3 @@ class SyntheticScene:
         with np.errstate(divide="ignore", invalid="ignore"):
             uv = np.stack([k[0, 0] * pc[..., 0] / z + k[0, 2], k[1, 1] * pc[..., 1] / z + k[1, 2]], axis=-1)
         return uv, z
-

@@ -13,11 +13,32 @@ import numba
 import numpy as np
 
 
-def _camera_model(quats: np.ndarray, trans: np.ndarray, log_sizes: np.ndarray, log_focals: np.ndarray,
-                  pps: np.ndarray, md: np.ndarray, bf: np.ndarray, imsz: np.ndarray, fmin: np.ndarray,
-                  fmax: np.ndarray, parent: np.ndarray, order: np.ndarray
-                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray,
-                             np.ndarray, np.ndarray, float, np.ndarray]:
+def _camera_model(
+    quats: np.ndarray,
+    trans: np.ndarray,
+    log_sizes: np.ndarray,
+    log_focals: np.ndarray,
+    pps: np.ndarray,
+    md: np.ndarray,
+    bf: np.ndarray,
+    imsz: np.ndarray,
+    fmin: np.ndarray,
+    fmax: np.ndarray,
+    parent: np.ndarray,
+    order: np.ndarray,
+) -> tuple[
+    np.ndarray,
+    np.ndarray,
+    np.ndarray,
+    np.ndarray,
+    np.ndarray,
+    np.ndarray,
+    np.ndarray,
+    np.ndarray,
+    np.ndarray,
+    float,
+    np.ndarray,
+]:
     """Per-image forward quantities of :meth:`sparsega.alignment.optimizer.SparseAligner.cameras` (float64):
     ``qn (N,4) normalised quats, R (N,3,3) relative rotations, Rc (N,3,3) / T (N,3) chained poses, off (N,3)
     focal-plane offsets, f (N,) clipped focals, f_raw (N,), s (N,) sizes, z (N,), gscale, ppn (N,2)``."""
@@ -85,13 +106,28 @@ def _camera_model(quats: np.ndarray, trans: np.ndarray, log_sizes: np.ndarray, l
     return qn, rot, rc, tc, off, f, f_raw, s, z, gscale, ppn
 
 
-def _camera_forward(quats: np.ndarray, trans: np.ndarray, log_sizes: np.ndarray, log_focals: np.ndarray,
-                    pps: np.ndarray, core: np.ndarray, md: np.ndarray, bf: np.ndarray, imsz: np.ndarray,
-                    fmin: np.ndarray, fmax: np.ndarray, parent: np.ndarray, order: np.ndarray,
-                    anchor_img: np.ndarray, table: np.ndarray, ad: np.ndarray) -> None:
+def _camera_forward(
+    quats: np.ndarray,
+    trans: np.ndarray,
+    log_sizes: np.ndarray,
+    log_focals: np.ndarray,
+    pps: np.ndarray,
+    core: np.ndarray,
+    md: np.ndarray,
+    bf: np.ndarray,
+    imsz: np.ndarray,
+    fmin: np.ndarray,
+    fmax: np.ndarray,
+    parent: np.ndarray,
+    order: np.ndarray,
+    anchor_img: np.ndarray,
+    table: np.ndarray,
+    ad: np.ndarray,
+) -> None:
     """Fill ``table (N, 17)`` (rows of the torch path's ``camera_table``) and ``ad (A,)`` anchor depths."""
-    qn, rot, rc, tc, off, f, f_raw, s, z, g, ppn = _camera_model(quats, trans, log_sizes, log_focals, pps, md, bf,
-                                                                 imsz, fmin, fmax, parent, order)
+    qn, rot, rc, tc, off, f, f_raw, s, z, g, ppn = _camera_model(
+        quats, trans, log_sizes, log_focals, pps, md, bf, imsz, fmin, fmax, parent, order
+    )
     for i in range(quats.shape[0]):
         for a in range(3):
             acc = tc[i, a]
@@ -109,18 +145,37 @@ def _camera_forward(quats: np.ndarray, trans: np.ndarray, log_sizes: np.ndarray,
         ad[a] = (g * s[i] * md[i]) * ((f[i] / bf[i] - 1.0) + core[a])
 
 
-def _camera_backward(quats: np.ndarray, trans: np.ndarray, log_sizes: np.ndarray, log_focals: np.ndarray,
-                     pps: np.ndarray, core: np.ndarray, md: np.ndarray, bf: np.ndarray, imsz: np.ndarray,
-                     fmin: np.ndarray, fmax: np.ndarray, parent: np.ndarray, order: np.ndarray,
-                     anchor_img: np.ndarray, g_table: np.ndarray, g_ad: np.ndarray,
-                     g_quats: np.ndarray, g_trans: np.ndarray, g_logs: np.ndarray, g_logf: np.ndarray,
-                     g_pps: np.ndarray, g_core: np.ndarray) -> None:
+def _camera_backward(
+    quats: np.ndarray,
+    trans: np.ndarray,
+    log_sizes: np.ndarray,
+    log_focals: np.ndarray,
+    pps: np.ndarray,
+    core: np.ndarray,
+    md: np.ndarray,
+    bf: np.ndarray,
+    imsz: np.ndarray,
+    fmin: np.ndarray,
+    fmax: np.ndarray,
+    parent: np.ndarray,
+    order: np.ndarray,
+    anchor_img: np.ndarray,
+    g_table: np.ndarray,
+    g_ad: np.ndarray,
+    g_quats: np.ndarray,
+    g_trans: np.ndarray,
+    g_logs: np.ndarray,
+    g_logf: np.ndarray,
+    g_pps: np.ndarray,
+    g_core: np.ndarray,
+) -> None:
     """Reverse pass of :func:`_camera_forward`: gradients w.r.t. every parameter from those of the table and the
     anchor depths (written, not added). Follows torch's conventions at the kinks: the focal clamp passes the
     gradient inside its bounds (half of it at a bound), the minimum size shares it evenly among ties."""
     n = quats.shape[0]
-    qn, rot, rc, tc, off, f, f_raw, s, z, g, ppn = _camera_model(quats, trans, log_sizes, log_focals, pps, md, bf,
-                                                                 imsz, fmin, fmax, parent, order)
+    qn, rot, rc, tc, off, f, f_raw, s, z, g, ppn = _camera_model(
+        quats, trans, log_sizes, log_focals, pps, md, bf, imsz, fmin, fmax, parent, order
+    )
     gf = np.zeros(n)
     gs = np.zeros(n)
     gz = np.zeros(n)
@@ -222,14 +277,30 @@ def _camera_backward(quats: np.ndarray, trans: np.ndarray, log_sizes: np.ndarray
     for i in range(n):
         x, y, zq, w = qn[i, 0], qn[i, 1], qn[i, 2], qn[i, 3]
         G = grot[i]
-        gx = 2 * (x * (G[0, 0] - G[1, 1] - G[2, 2]) + y * (G[0, 1] + G[1, 0]) + zq * (G[0, 2] + G[2, 0])
-                  + w * (G[2, 1] - G[1, 2]))
-        gy = 2 * (y * (-G[0, 0] + G[1, 1] - G[2, 2]) + x * (G[0, 1] + G[1, 0]) + zq * (G[1, 2] + G[2, 1])
-                  + w * (G[0, 2] - G[2, 0]))
-        gzq = 2 * (zq * (-G[0, 0] - G[1, 1] + G[2, 2]) + x * (G[0, 2] + G[2, 0]) + y * (G[1, 2] + G[2, 1])
-                   + w * (G[1, 0] - G[0, 1]))
-        gw = 2 * (w * (G[0, 0] + G[1, 1] + G[2, 2]) + x * (G[2, 1] - G[1, 2]) + y * (G[0, 2] - G[2, 0])
-                  + zq * (G[1, 0] - G[0, 1]))
+        gx = 2 * (
+            x * (G[0, 0] - G[1, 1] - G[2, 2])
+            + y * (G[0, 1] + G[1, 0])
+            + zq * (G[0, 2] + G[2, 0])
+            + w * (G[2, 1] - G[1, 2])
+        )
+        gy = 2 * (
+            y * (-G[0, 0] + G[1, 1] - G[2, 2])
+            + x * (G[0, 1] + G[1, 0])
+            + zq * (G[1, 2] + G[2, 1])
+            + w * (G[0, 2] - G[2, 0])
+        )
+        gzq = 2 * (
+            zq * (-G[0, 0] - G[1, 1] + G[2, 2])
+            + x * (G[0, 2] + G[2, 0])
+            + y * (G[1, 2] + G[2, 1])
+            + w * (G[1, 0] - G[0, 1])
+        )
+        gw = 2 * (
+            w * (G[0, 0] + G[1, 1] + G[2, 2])
+            + x * (G[2, 1] - G[1, 2])
+            + y * (G[0, 2] - G[2, 0])
+            + zq * (G[1, 0] - G[0, 1])
+        )
         nq = math.sqrt(quats[i, 0] ** 2 + quats[i, 1] ** 2 + quats[i, 2] ** 2 + quats[i, 3] ** 2)
         if nq > 1e-12:
             dot = gx * x + gy * y + gzq * zq + gw * w
@@ -242,7 +313,6 @@ def _camera_backward(quats: np.ndarray, trans: np.ndarray, log_sizes: np.ndarray
             g_quats[i, 1] = gy / 1e-12
             g_quats[i, 2] = gzq / 1e-12
             g_quats[i, 3] = gw / 1e-12
-
 
 
 _camera_model = numba.njit(cache=True)(_camera_model)

@@ -51,4 +51,3 @@ def rho(r: float, gcode: int, gamma: float, off: float) -> tuple[float, float]:
     s = math.sqrt(t)
     rho = s if gcode == 1 else (t if gcode == 2 else (t * s if gcode == 3 else t * t))
     return rho, gamma * rho / (t * r)
-

@@ -10,10 +10,23 @@ import numpy as np
 from .common import FASTMATH, SQ_MIN
 
 
-def _fallback_loss_and_grad(tab: np.ndarray, ad: np.ndarray, blocks: np.ndarray, b_img: np.ndarray,
-                            b_ref: np.ndarray, xs: np.ndarray, ys: np.ndarray, anc: np.ndarray, tgt: np.ndarray,
-                            conf: np.ndarray, gamma: float, off: float, scale: float, g_tab: np.ndarray,
-                            g_ad: np.ndarray) -> float:
+def _fallback_loss_and_grad(
+    tab: np.ndarray,
+    ad: np.ndarray,
+    blocks: np.ndarray,
+    b_img: np.ndarray,
+    b_ref: np.ndarray,
+    xs: np.ndarray,
+    ys: np.ndarray,
+    anc: np.ndarray,
+    tgt: np.ndarray,
+    conf: np.ndarray,
+    gamma: float,
+    off: float,
+    scale: float,
+    g_tab: np.ndarray,
+    g_ad: np.ndarray,
+) -> float:
     """DUSt3R-fallback regression: sum over targets of ``conf * ((r + off)^gamma - off^gamma)``, ``r`` the distance
     between an anchor's world point (its image's camera, pixel ``(x, y)``, depth ``ad[anc]``) and the target
     point ``tgt (F, 3)`` given in the frame of the other image's camera. Gradients w.r.t. ``tab (N, 17)`` and
@@ -34,10 +47,28 @@ def _fallback_loss_and_grad(tab: np.ndarray, ad: np.ndarray, blocks: np.ndarray,
         j = b_ref[k]
         f, px, py = tab[i, 12], tab[i, 13], tab[i, 14]
         inv_f = 1.0 / f
-        ri0, ri1, ri2, ri3, ri4, ri5, ri6, ri7, ri8 = (tab[i, 0], tab[i, 1], tab[i, 2], tab[i, 3], tab[i, 4],
-                                                       tab[i, 5], tab[i, 6], tab[i, 7], tab[i, 8])
-        rj0, rj1, rj2, rj3, rj4, rj5, rj6, rj7, rj8 = (tab[j, 0], tab[j, 1], tab[j, 2], tab[j, 3], tab[j, 4],
-                                                       tab[j, 5], tab[j, 6], tab[j, 7], tab[j, 8])
+        ri0, ri1, ri2, ri3, ri4, ri5, ri6, ri7, ri8 = (
+            tab[i, 0],
+            tab[i, 1],
+            tab[i, 2],
+            tab[i, 3],
+            tab[i, 4],
+            tab[i, 5],
+            tab[i, 6],
+            tab[i, 7],
+            tab[i, 8],
+        )
+        rj0, rj1, rj2, rj3, rj4, rj5, rj6, rj7, rj8 = (
+            tab[j, 0],
+            tab[j, 1],
+            tab[j, 2],
+            tab[j, 3],
+            tab[j, 4],
+            tab[j, 5],
+            tab[j, 6],
+            tab[j, 7],
+            tab[j, 8],
+        )
         dt0, dt1, dt2 = tab[i, 9] - tab[j, 9], tab[i, 10] - tab[j, 10], tab[i, 11] - tab[j, 11]
         a00 = a01 = a02 = a10 = a11 = a12 = a20 = a21 = a22 = 0.0  # sum g pc^T (camera i)
         b00 = b01 = b02 = b10 = b11 = b12 = b20 = b21 = b22 = 0.0  # sum g q^T (camera j, minus sign)
@@ -130,8 +161,17 @@ def _fallback_loss_and_grad(tab: np.ndarray, ad: np.ndarray, blocks: np.ndarray,
     return total
 
 
-def _adam(p: np.ndarray, g: np.ndarray, m: np.ndarray, v: np.ndarray, step: int, lr: float, beta1: float,
-          beta2: float, eps: float) -> None:
+def _adam(
+    p: np.ndarray,
+    g: np.ndarray,
+    m: np.ndarray,
+    v: np.ndarray,
+    step: int,
+    lr: float,
+    beta1: float,
+    beta2: float,
+    eps: float,
+) -> None:
     """One Adam step in place on flat float64 arrays, torch's formula (no weight decay, no amsgrad)."""
     bc1 = 1.0 - beta1**step
     bc2 = math.sqrt(1.0 - beta2**step)
@@ -139,7 +179,6 @@ def _adam(p: np.ndarray, g: np.ndarray, m: np.ndarray, v: np.ndarray, step: int,
         m[k] = beta1 * m[k] + (1.0 - beta1) * g[k]
         v[k] = beta2 * v[k] + (1.0 - beta2) * g[k] * g[k]
         p[k] -= (lr / bc1) * m[k] / (math.sqrt(v[k]) / bc2 + eps)
-
 
 
 fallback_jit = numba.njit(cache=True, fastmath=FASTMATH, error_model="numpy")(_fallback_loss_and_grad)

@@ -59,8 +59,15 @@ def choose_chunk(n_matches: int, n_pairs: int) -> int:
     return int(min(512, max(32, 2 ** math.floor(math.log2(max(target, 1.0))))))
 
 
-def build_layout(m_img: Tensor, m_xy: Tensor, m_anchor: Tensor, m_off: Tensor, m_conf: Tensor,
-                 chunk: int | None = None, seed: int = 0) -> MatchLayout:
+def build_layout(
+    m_img: Tensor,
+    m_xy: Tensor,
+    m_anchor: Tensor,
+    m_off: Tensor,
+    m_conf: Tensor,
+    chunk: int | None = None,
+    seed: int = 0,
+) -> MatchLayout:
     """Chunked layout of K matches: ``m_img (2, K)``, ``m_xy (2, K, 2)``, ``m_anchor (2, K)``, ``m_off (2, K)``,
     ``m_conf (K,)`` (all the trusted matches, any order).
 
@@ -101,7 +108,8 @@ def build_layout(m_img: Tensor, m_xy: Tensor, m_anchor: Tensor, m_off: Tensor, m
     conf[pos] = m_conf[order_t]
     return MatchLayout(
         img=torch.as_tensor(img[:, first].reshape(-1), device=dev),
-        x=fill(m_xy[..., 0], zero), y=fill(m_xy[..., 1], zero),
+        x=fill(m_xy[..., 0], zero),
+        y=fill(m_xy[..., 1], zero),
         off_m1=fill(m_off - 1, zero),
         anchor=fill(m_anchor, m_anchor[:, first_t]),
         conf=conf.reshape(n_chunks, b),
@@ -137,8 +145,16 @@ class _CameraTable(torch.autograd.Function):
     """Parameters -> ``(17, N)`` camera table and ``(A,)`` anchor depths by the compiled camera model."""
 
     @staticmethod
-    def forward(ctx, quats: Tensor, trans: Tensor, log_sizes: Tensor, log_focals: Tensor,  # type: ignore[override]
-                pps: Tensor, core: Tensor, consts: CameraConsts) -> tuple[Tensor, Tensor]:
+    def forward(
+        ctx,
+        quats: Tensor,
+        trans: Tensor,
+        log_sizes: Tensor,
+        log_focals: Tensor,  # type: ignore[override]
+        pps: Tensor,
+        core: Tensor,
+        consts: CameraConsts,
+    ) -> tuple[Tensor, Tensor]:
         params = tuple(_np64(t) for t in (quats, trans, log_sizes, log_focals, pps, core))
         n = params[0].shape[0]
         table = np.empty((n, 17))
@@ -156,15 +172,16 @@ class _CameraTable(torch.autograd.Function):
         outs = tuple(np.empty_like(p) for p in params)
         camera.camera_backward_jit(*params, *consts.arrays(), consts.anchor_img, gt, ga, *outs)
         ctx.params = None
-        grads = [torch.from_numpy(o).to(ctx.dtype) if need else None
-                 for o, need in zip(outs, ctx.needs_input_grad[:6])]
+        grads = [torch.from_numpy(o).to(ctx.dtype) if need else None for o, need in zip(outs, ctx.needs_input_grad[:6])]
         return (*grads, None)
 
 
-def camera_table(quats: Tensor, trans: Tensor, log_sizes: Tensor, log_focals: Tensor, pps: Tensor, core: Tensor,
-                 consts: CameraConsts) -> tuple[Tensor, Tensor]:
-    """The camera table ``(17, N)`` and anchor depths ``(A,)`` of :meth:`sparsega.alignment.optimizer.SparseAligner.cameras`
-    (without known-pose constraints), differentiable, computed by the compiled camera model (CPU only)."""
+def camera_table(
+    quats: Tensor, trans: Tensor, log_sizes: Tensor, log_focals: Tensor, pps: Tensor, core: Tensor, consts: CameraConsts
+) -> tuple[Tensor, Tensor]:
+    """The camera table ``(17, N)`` and anchor depths ``(A,)`` of
+    :meth:`sparsega.alignment.optimizer.SparseAligner.cameras` (without known-pose constraints), differentiable,
+    computed by the compiled camera model (CPU only)."""
     return _CameraTable.apply(quats, trans, log_sizes, log_focals, pps, core, consts)
 
 
@@ -172,8 +189,16 @@ class _KernelMatchLoss(torch.autograd.Function):
     """Autograd wrapper: the forward runs the kernel (loss and gradients together), the backward scales them."""
 
     @staticmethod
-    def forward(ctx, table: Tensor, anchor_depth: Tensor, lay, stage: int, gamma: float,  # type: ignore[override]
-                intr_grad: bool, threads: int) -> Tensor:
+    def forward(
+        ctx,
+        table: Tensor,
+        anchor_depth: Tensor,
+        lay,
+        stage: int,
+        gamma: float,  # type: ignore[override]
+        intr_grad: bool,
+        threads: int,
+    ) -> Tensor:
         tab = table.detach().T.to(torch.float64).contiguous().numpy()
         ad = anchor_depth.detach().to(torch.float64).contiguous().numpy()
         g_tab = np.zeros_like(tab)
@@ -199,8 +224,9 @@ class _KernelMatchLoss(torch.autograd.Function):
         return g_tab * gout, g_ad * gout, None, None, None, None, None
 
 
-def kernel_match_loss(table: Tensor, anchor_depth: Tensor, layout, stage: int, gamma: float,
-                      intr_grad: bool = True, threads: int = 1) -> Tensor:
+def kernel_match_loss(
+    table: Tensor, anchor_depth: Tensor, layout, stage: int, gamma: float, intr_grad: bool = True, threads: int = 1
+) -> Tensor:
     """The stage-1 (3D) or stage-2 (reprojection) loss of the matches in ``layout``, normalised by the sum of their
     confidences (stage 2: twice that), from the ``(17, N)`` camera table and ``(A,)`` anchor depths; differentiable
     (the kernel computes the gradients in its forward). CPU tensors only. ``intr_grad=False`` drops the gradients of
@@ -212,4 +238,3 @@ def kernel_match_loss(table: Tensor, anchor_depth: Tensor, layout, stage: int, g
     if layout.n_chunks == 0:
         return table.new_zeros(())
     return _KernelMatchLoss.apply(table, anchor_depth, layout, stage, gamma, intr_grad, threads)
-

@@ -42,9 +42,18 @@ def _pose_grads(g: np.ndarray, s: int, o: int, tab: np.ndarray, gr: np.ndarray, 
             g[s, 3 * i + j] += b + dti * gt[j]
 
 
-def _side(xs: np.ndarray, ys: np.ndarray, offm1: np.ndarray, adg: np.ndarray, row: int, b: int,
-          px: float, py: float, inv_f: float, r15: float
-          ) -> tuple[float, float, float, float, float, float, float, float, float, float]:
+def _side(
+    xs: np.ndarray,
+    ys: np.ndarray,
+    offm1: np.ndarray,
+    adg: np.ndarray,
+    row: int,
+    b: int,
+    px: float,
+    py: float,
+    inv_f: float,
+    r15: float,
+) -> tuple[float, float, float, float, float, float, float, float, float, float]:
     """One match end: ``x, y, off - 1, anchor depth, depth factor, d, u, v, pc_x, pc_y`` with the camera-frame point
     ``pc = d (u, v, 1)``, ``u = (x - ppx) / f``, ``d = anchor depth * (1 + (off - 1) f0 / f)``."""
     x = xs[row, b]
@@ -58,8 +67,9 @@ def _side(xs: np.ndarray, ys: np.ndarray, offm1: np.ndarray, adg: np.ndarray, ro
     return x, y, o, a, fac, d, u, v, u * d, v * d
 
 
-def _point_grads(g0: float, g1: float, g2: float, u: float, v: float, p0: float, p1: float, d: float, a: float,
-                 o: float, fac: float) -> tuple[float, float, float, float, float]:
+def _point_grads(
+    g0: float, g1: float, g2: float, u: float, v: float, p0: float, p1: float, d: float, a: float, o: float, fac: float
+) -> tuple[float, float, float, float, float]:
     """The gradient ``g = dL/dpc`` of one match end's camera-frame point ``pc = d (u, v, 1)`` (see :func:`_side`)
     pushed back: ``dL/d(anchor depth)``, the per-chunk sums ``g . (pc_x, pc_y)``, ``g_x d``, ``g_y d`` (their factor
     ``-1/f`` is applied once per chunk) and ``dL/d(f0/f)``."""
@@ -67,8 +77,20 @@ def _point_grads(g0: float, g1: float, g2: float, u: float, v: float, p0: float,
     return gd * fac, g0 * p0 + g1 * p1, g0 * d, g1 * d, gd * a * o
 
 
-def _reproject(p0: float, p1: float, p2: float, f: float, px: float, py: float, x: float, y: float, cf: float,
-               gcode: int, gamma: float, off: float) -> tuple[float, float, float, float, float, float, float]:
+def _reproject(
+    p0: float,
+    p1: float,
+    p2: float,
+    f: float,
+    px: float,
+    py: float,
+    x: float,
+    y: float,
+    cf: float,
+    gcode: int,
+    gamma: float,
+    off: float,
+) -> tuple[float, float, float, float, float, float, float]:
     """Robust reprojection term of camera-frame point ``p`` at pixel ``(x, y)`` and its gradients: returns
     ``conf * rho(r)`` and ``dL/dp (3), dL/df, dL/dppx, dL/dppy``."""
     # every clamp is written so that a NaN takes the pass-through side (torch's clamps propagate NaN too)
@@ -90,9 +112,22 @@ def _reproject(p0: float, p1: float, p2: float, f: float, px: float, py: float, 
     return cf * rho, gu * fz, gv * fz, (-hz * fz if zlive else 0.0), hz, gu, gv
 
 
-def _loss_and_grad(tab: np.ndarray, ad: np.ndarray, img: np.ndarray, xs: np.ndarray, ys: np.ndarray,
-                   offm1: np.ndarray, anc: np.ndarray, conf: np.ndarray, stage: int, gcode: int, gamma: float,
-                   off: float, g_tab: np.ndarray, g_ad: np.ndarray) -> float:
+def _loss_and_grad(
+    tab: np.ndarray,
+    ad: np.ndarray,
+    img: np.ndarray,
+    xs: np.ndarray,
+    ys: np.ndarray,
+    offm1: np.ndarray,
+    anc: np.ndarray,
+    conf: np.ndarray,
+    stage: int,
+    gcode: int,
+    gamma: float,
+    off: float,
+    g_tab: np.ndarray,
+    g_ad: np.ndarray,
+) -> float:
     """Sum over matches of ``conf * rho(r)`` with ``rho(r) = (r + off)^gamma`` (``off``: see
     :func:`gamma_offset`; stage 1: both ends' 3D distance; stage 2: reprojection
     error of each end into the other image, both terms summed); gradients w.r.t. ``tab (N, 17)`` and ``ad (A,)``
@@ -204,10 +239,12 @@ def _loss_and_grad(tab: np.ndarray, ad: np.ndarray, img: np.ndarray, xs: np.ndar
                 qb0 = r00 * pa0 + r10 * pa1 + r20 * da + s0
                 qb1 = r01 * pa0 + r11 * pa1 + r21 * da + s1
                 qb2 = r02 * pa0 + r12 * pa1 + r22 * da + s2
-                la, gq0, gq1, gq2, dfa, dpxa, dpya = _reproject(qa0, qa1, qa2, fa, pxa, pya, xa, ya, cf, gcode, gamma,
-                                                                off)
-                lb, gh0, gh1, gh2, dfb, dpxb, dpyb = _reproject(qb0, qb1, qb2, fb, pxb, pyb, xb, yb, cf, gcode, gamma,
-                                                                off)
+                la, gq0, gq1, gq2, dfa, dpxa, dpya = _reproject(
+                    qa0, qa1, qa2, fa, pxa, pya, xa, ya, cf, gcode, gamma, off
+                )
+                lb, gh0, gh1, gh2, dfb, dpxb, dpyb = _reproject(
+                    qb0, qb1, qb2, fb, pxb, pyb, xb, yb, cf, gcode, gamma, off
+                )
                 acc += la + lb
                 gfa += dfa
                 gpxa += dpxa
@@ -280,7 +317,6 @@ def _loss_and_grad(tab: np.ndarray, ad: np.ndarray, img: np.ndarray, xs: np.ndar
         for b in range(nb):
             g_ad[anc[c, b]] += gbuf[c, b]
     return total
-
 
 
 _side = numba.njit(cache=True, inline="always")(_side)

@@ -9,11 +9,11 @@ is refused) and the constructor string is parsed with :mod:`ast`, never evaluate
 from __future__ import annotations
 
 import argparse
-import pickle
 import ast
 import hashlib
 import logging
 import math
+import pickle
 import re
 from collections.abc import Mapping
 from pathlib import Path
@@ -299,8 +299,10 @@ def read_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], str]:
         with torch.serialization.safe_globals([argparse.Namespace]):
             ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError:
-        raise CheckpointError(f"{path}: not a torch checkpoint archive, or one holding objects other than tensors "
-                              "and plain values (refused: loading it could run code)") from None
+        raise CheckpointError(
+            f"{path}: not a torch checkpoint archive, or one holding objects other than tensors "
+            "and plain values (refused: loading it could run code)"
+        ) from None
     except Exception as exc:  # noqa: BLE001 - any failure to unpickle means "not a usable checkpoint"
         raise CheckpointError(f"{path}: not a readable checkpoint ({_one_line(exc)})") from None
     if not isinstance(ckpt, Mapping):
