@@ -12,13 +12,14 @@ import roma
 import torch
 
 from sparsega import AlignConfig, align, sim
-from sparsega.alignment.compiled import fallback_blocks
 from sparsega.alignment.kernels import fallback
 from sparsega.alignment.kernels.common import KERNEL_GAMMAS
 from sparsega.alignment.kernels.layout import build_layout, kernel_match_loss
+from sparsega.alignment.known import install_known_poses
 from sparsega.alignment.losses import camera_rows, distance, gamma_of_distance, to_pixels, to_world
 from sparsega.alignment.optimizer import SparseAligner, resolve_backend
 from sparsega.alignment.problem import AlignProblem, build_problem
+from sparsega.alignment.stage_compiled import fallback_blocks
 from sparsega.errors import ConfigError
 from sparsega.frontend.pairs import make_pairs, unique_pairs
 
@@ -312,7 +313,7 @@ def test_known_poses_use_the_torch_camera_model():
     assert al.table_and_depths()[2] is None  # compiled camera model: no cam2w
     n = al.p.n_images
     eye = torch.eye(3, dtype=torch.float64).expand(n, 3, 3)
-    al.install_known_poses(eye, torch.zeros(n, 3, dtype=torch.float64), torch.ones(n, dtype=torch.bool), False, 1.0)
+    install_known_poses(al, eye, torch.zeros(n, 3, dtype=torch.float64), torch.ones(n, dtype=torch.bool), False, 1.0)
     assert al.table_and_depths()[2] is not None
 
 

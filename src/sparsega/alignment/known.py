@@ -42,6 +42,7 @@ import torch
 
 from ..errors import InputError
 from ..types import AlignConfig
+from .losses import tree_levels
 from .optimizer import SparseAligner
 from .problem import AlignProblem
 
@@ -188,10 +189,35 @@ def make_setup(
         C = torch.as_tensor(C_all, dtype=dt, device=dev)
         mask = torch.zeros(n, dtype=torch.bool, device=dev)
         mask[ks] = True
-        al.install_known_poses(R, C, mask, hard=fix_poses, weight=cfg.pose_prior_weight)
+        install_known_poses(al, R, C, mask, hard=fix_poses, weight=cfg.pose_prior_weight)
         al.set_absolute_poses(R, C)
 
     return setup, cfg, scale
+
+
+def install_known_poses(
+    al: SparseAligner, R: torch.Tensor, C: torch.Tensor, mask: torch.Tensor, hard: bool, weight: float
+) -> None:
+    """Constrain cameras ``mask (N,)`` to rotations ``R (N,3,3)`` and centres ``C (N,3)`` (internal units).
+
+    ``hard``: known cameras become roots of the kinematic forest and their chain pose is derived from (R, C)
+    every iteration, so they never move. Otherwise a prior ``weight * (angle^2 + |dC|^2 / L^2)`` is added to
+    the loss (L = spread of the known centres). Call :meth:`SparseAligner.set_absolute_poses` afterwards to initialise.
+    """
+    p = al.p
+    known = mask.cpu().numpy()
+    if hard:
+        edges = p.edges[~known[p.edges[:, 1]]] if len(p.edges) else p.edges
+        roots = sorted({p.root} | set(np.flatnonzero(known).tolist()))
+        al.levels, al.parent_pos, al.inverse = tree_levels(p.n_images, roots, edges)
+        # rows of free cameras are never used: make them finite so that torch.where's gradients stay clean
+        eye = torch.eye(3, dtype=R.dtype, device=R.device).expand_as(R)
+        al.fixed_mask = mask
+        al.fixed_R = torch.where(mask.view(-1, 1, 1), R, eye)
+        al.fixed_C = torch.where(mask.view(-1, 1), C, torch.zeros_like(C))
+        return
+    spread = float((C[mask] - C[mask].mean(0)).norm(dim=1).max()) if int(mask.sum()) > 1 else 1.0
+    al.prior = (mask, R, C, weight, max(spread, 1e-9))
 
 
 __all__ = ["validate_intrinsics", "validate_poses", "similarity_from_cameras", "make_setup"]

@@ -256,3 +256,13 @@ class TwinLosses:
             r[6] * tx + r[7] * ty + r[8] * tz + r[11],
         )
         return (p.fb_conf * gamma_of_distance(gamma)(distance(pts, tgt))).sum() / p.fb_conf.sum()
+
+
+def pose_prior(cam2w: Tensor, mask: Tensor, R: Tensor, C: Tensor, weight: float, spread: float) -> Tensor:
+    """Soft prior on known poses: ``weight * (mean angle^2 + mean (|dC| / spread)^2)`` over the cameras ``mask``,
+    angles in radians between ``cam2w``'s rotations and ``R (N, 3, 3)``, centres against ``C (N, 3)``."""
+    import roma  # imported here: roma pulls in torch._dynamo (~0.7 s), not needed by the compiled path
+
+    rot_err = roma.rotmat_geodesic_distance(cam2w[mask, :3, :3], R[mask])
+    tr_err = (cam2w[mask, :3, 3] - C[mask]).norm(dim=1) / spread
+    return weight * (rot_err.square().mean() + tr_err.square().mean())

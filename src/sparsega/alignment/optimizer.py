@@ -24,22 +24,20 @@ there is no Python loop over pairs or images, only over the depth levels of the 
 from __future__ import annotations
 
 import logging
-import math
-import time
 from collections.abc import Callable
 
 import numpy as np
 import torch
 from scipy.spatial.transform import Rotation
-from tqdm.auto import tqdm
 
 from ..errors import ConfigError
 from ..types import AlignConfig
-from .compiled import compiled_forward, run_stage_compiled
 from .kernels.common import KERNEL_GAMMAS, LOCK
 from .kernels.layout import CameraConsts, MatchLayout, build_layout, camera_table, kernel_match_loss
-from .losses import SCHEDULES, TwinLosses, compose_chain, gather, tree_levels
+from .losses import TwinLosses, compose_chain, gather, tree_levels
 from .problem import AlignProblem, OptimState, StageResult
+from .stage_autograd import run_stage_autograd
+from .stage_compiled import compiled_forward, run_stage_compiled
 
 log = logging.getLogger(__name__)
 
@@ -149,28 +147,6 @@ class SparseAligner:
         self.quats[:] = torch.from_numpy(quats).to(self.quats)
         self.trans[:] = rel[:, :3, 3]
 
-    def install_known_poses(self, R: Tensor, C: Tensor, mask: Tensor, hard: bool, weight: float) -> None:
-        """Constrain cameras ``mask (N,)`` to rotations ``R (N,3,3)`` and centres ``C (N,3)`` (internal units).
-
-        ``hard``: known cameras become roots of the kinematic forest and their chain pose is derived from (R, C)
-        every iteration, so they never move. Otherwise a prior ``weight * (angle^2 + |dC|^2 / L^2)`` is added to
-        the loss (L = spread of the known centres). Call :meth:`set_absolute_poses` afterwards to initialise.
-        """
-        p = self.p
-        known = mask.cpu().numpy()
-        if hard:
-            edges = p.edges[~known[p.edges[:, 1]]] if len(p.edges) else p.edges
-            roots = sorted({p.root} | set(np.flatnonzero(known).tolist()))
-            self.levels, self.parent_pos, self.inverse = tree_levels(p.n_images, roots, edges)
-            # rows of free cameras are never used: make them finite so that torch.where's gradients stay clean
-            eye = torch.eye(3, dtype=R.dtype, device=R.device).expand_as(R)
-            self.fixed_mask = mask
-            self.fixed_R = torch.where(mask.view(-1, 1, 1), R, eye)
-            self.fixed_C = torch.where(mask.view(-1, 1), C, torch.zeros_like(C))
-            return
-        spread = float((C[mask] - C[mask].mean(0)).norm(dim=1).max()) if int(mask.sum()) > 1 else 1.0
-        self.prior = (mask, R, C, weight, max(spread, 1e-9))
-
     def _focal_plane_offset(self, z_cams: Tensor, focals: Tensor, pps_n: Tensor) -> Tensor:
         """(N, 3) vector from the camera centre to its focal-plane point, in camera axes."""
         ones = torch.ones_like(z_cams).unsqueeze(1)
@@ -178,18 +154,6 @@ class SparseAligner:
             (self._imsizes.to(focals.dtype) / focals.unsqueeze(1) * (0.5 - pps_n), ones), dim=1
         )
 
-    def prior_loss(self, cam2w: Tensor) -> Tensor:
-        """Soft pose prior (0 when none is installed)."""
-        if self.prior is None:
-            return cam2w.new_zeros(())
-        mask, R, C, w, spread = self.prior
-        import roma  # imported here: roma pulls in torch._dynamo (~0.7 s), not needed by the compiled path
-
-        rot_err = roma.rotmat_geodesic_distance(cam2w[mask, :3, :3], R[mask])
-        tr_err = (cam2w[mask, :3, 3] - C[mask]).norm(dim=1) / spread
-        return w * (rot_err.square().mean() + tr_err.square().mean())
-
-    # -- model -----------------------------------------------------------------------------------------------
     def focals(self) -> Tensor:
         f = self.log_focals.exp().expand(self.p.n_images)
         return torch.minimum(torch.maximum(f, self.min_focals), self.max_focals)
@@ -376,89 +340,7 @@ class SparseAligner:
             names = [k for k in names if k not in ("quats", "trans")]
         if self._compiled_ok():
             return run_stage_compiled(self, stage, names, niter, lr_base, gamma, name)
-        schedule = SCHEDULES[cfg.lr_schedule]
-
-        params = [self._params()[k] for k in names]
-        for t in params:
-            t.requires_grad_(True)
-        # the fused (single-kernel) Adam step is ~2.5x cheaper than foreach on these small tensors
-        opt = torch.optim.Adam(params, lr=1.0, betas=(0.9, 0.9), weight_decay=0, fused=True) if params else None
-        masks = self._grad_masks(names)
-
-        losses: list[float] = []
-        stopped = False
-        t0 = time.perf_counter()
-        bar = tqdm(total=niter, desc=name, disable=not cfg.progress, leave=False)
-        snapshot = [t.detach().clone() for t in params]
-        try:
-            for it in range(niter):
-                if opt is None:
-                    break
-                alpha = it / niter
-                lr = schedule(alpha, lr_base, cfg.lr_end)
-                for g in opt.param_groups:
-                    g["lr"] = lr
-                opt.zero_grad(set_to_none=True)
-                table, anchor_depth, cam2w = self.table_and_depths()
-                if stage == 1:
-                    loss = self.loss_3d(table, anchor_depth, gamma)
-                else:
-                    loss = self.loss_2d(table, anchor_depth, gamma)
-                if cfg.fallback_weight:
-                    loss = loss + cfg.fallback_weight * self.twin.loss_fallback(table, anchor_depth, cfg.fallback_gamma)
-                if self.prior is not None:
-                    loss = loss + self.prior_loss(cam2w)
-                lval = float(loss.detach())
-                if not math.isfinite(lval):
-                    stopped = True
-                    break
-                losses.append(lval)
-                if loss.requires_grad:
-                    loss.backward()
-                    for t, m in zip(params, masks):
-                        if m is not None and t.grad is not None:
-                            t.grad.mul_(m)
-                    for s, t in zip(snapshot, params):
-                        s.copy_(t.detach())
-                    opt.step()
-                    with torch.no_grad():
-                        self.quats.div_(self.quats.norm(dim=1, keepdim=True))
-                    if not bool(torch.isfinite(torch.cat([t.detach().view(-1) for t in params])).all()):
-                        stopped = True
-                        break
-                bar.set_postfix_str(f"lr={lr:.4f} loss={lval:.4g}", refresh=False)
-                bar.update(1)
-        finally:
-            bar.close()
-            for t in params:
-                t.requires_grad_(False)
-                t.grad = None
-        if stopped:
-            with torch.no_grad():
-                for s, t in zip(snapshot, params):
-                    t.copy_(s)
-            log.warning(
-                "%s: non-finite loss or parameters at iteration %d; kept the last finite state", name, len(losses)
-            )
-        return StageResult(
-            name=name,
-            niter_done=len(losses),
-            losses=losses,
-            wall_s=time.perf_counter() - t0,
-            stopped_non_finite=stopped,
-        )
-
-    def _grad_masks(self, names: list[str]) -> list[Tensor | None]:
-        out: list[Tensor | None] = []
-        for k in names:
-            m: Tensor | None = None
-            if k in ("log_focals", "pps") and self.intr_grad_mask is not None and not self.cfg.shared_intrinsics:
-                m = self.intr_grad_mask
-            if m is not None:
-                shape = self._params()[k].shape
-                m = m.to(self.quats.dtype).view(-1, *([1] * (len(shape) - 1))).expand(shape)
-            out.append(m)
-        return out
+        return run_stage_autograd(self, stage, names, niter, lr_base, gamma, name)
 
     @torch.no_grad()
     def state(self, stages: list[StageResult]) -> OptimState:
