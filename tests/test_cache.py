@@ -383,7 +383,7 @@ def test_crash_between_write_and_rename(tmp_path: Path) -> None:
     store.put("old", {"x": np.zeros(4)}, {"v": "old"})
     code = f"""
         import os, numpy as np
-        from sparsega.frontend.cache import ArrayStore
+        from sparsega.frontend.store import ArrayStore
         store = ArrayStore({str(tmp_path)!r}, "pairs")
         os.replace = lambda src, dst: os._exit(3)   # the process dies right before the rename
         store.put("new", {{"x": np.ones(1000)}}, {{}})
@@ -440,7 +440,7 @@ def test_concurrent_writers_processes(tmp_path: Path) -> None:
     """Several processes (think Ray workers) writing the same key: every read sees one complete entry."""
     code = """
         import numpy as np
-        from sparsega.frontend.cache import ArrayStore
+        from sparsega.frontend.store import ArrayStore
         store = ArrayStore({root!r}, "pairs")
         for it in range(15):
             store.put("same", {{"x": np.full(200_000, {w}, np.float32)}}, {{"w": {w}}})

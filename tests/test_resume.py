@@ -155,7 +155,7 @@ def test_corrupt_and_truncated_entries_detected_and_recomputed(images, reference
     assert set(after) == set(untouched) | {str(flipped), str(truncated)}
     for p, m in untouched.items():
         assert after[p] == m
-    from sparsega.frontend.cache import _decode_entry
+    from sparsega.frontend.store import _decode_entry
 
     for bad in (flipped, truncated):
         assert not isinstance(_decode_entry(bad.read_bytes()), str)

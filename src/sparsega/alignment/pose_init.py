@@ -11,7 +11,8 @@ import numpy as np
 from ..types import PairPrediction
 
 if TYPE_CHECKING:
-    from .problem import CanonicalData, _Pairs
+    from .inputs import PairView
+    from .problem import CanonicalData
 
 
 def weighted_umeyama(src: np.ndarray, dst: np.ndarray, w: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
@@ -61,7 +62,7 @@ def _relative_pose(
 
 
 def chain_pairwise_poses(
-    preds: _Pairs, n: int, root: int, edges: np.ndarray, cdata: list[CanonicalData], subsample: int, step: int = 4
+    preds: PairView, n: int, root: int, edges: np.ndarray, cdata: list[CanonicalData], subsample: int, step: int = 4
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Initial absolute poses and sizes by chaining pairwise relative poses (:func:`_relative_pose`) along the
     kinematic tree. A tree edge without a predicted pair (hclust trees link cluster representatives) is
