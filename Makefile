@@ -3,7 +3,7 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: install demo test test-all bench clean
+.PHONY: install demo lint test test-all bench clean
 
 $(BIN)/sparsega: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -17,7 +17,12 @@ install: $(BIN)/sparsega
 demo: install
 	$(BIN)/sparsega demo -o demo_out --overwrite
 
-test: install
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+test: lint
 	$(BIN)/python -m pytest -q
 
 test-all: install

@@ -24,7 +24,7 @@ from .alignment.components import ComponentResult
 from .errors import ConfigError, InputError
 from .frontend.images import LoadedImage, collect_image_paths, load_images, photo_frames
 from .scene import Scene
-from .types import AlignConfig
+from .types import AlignConfig, PairPrediction
 
 logger = logging.getLogger(__name__)
 
@@ -173,6 +173,7 @@ def reconstruct(
     t0 = time.perf_counter()
     cache = CacheDir(cache_dir, net.identity, reset=overwrite_cache) if cache_dir is not None else None
     stats: dict[str, Any] = {}
+    preds: Sequence[PairPrediction]
     if executor == "ray":
         from .frontend.distributed import run_pairs_ray
 
@@ -233,7 +234,8 @@ def reconstruct(
         """The photos' frames and the run record on one aligned scene."""
         align_t = {f"align_{k}": v for k, v in scene.info.get("timings_s", {}).items()}
         info = {**scene.info, "inference": inference, "timings_s": {**align_t, **timings}}
-        return dataclasses.replace(scene, info=info, **photo_frames([images[int(i)] for i in scene.image_index]))
+        net_to_orig, sizes = photo_frames([images[int(i)] for i in scene.image_index])
+        return dataclasses.replace(scene, info=info, net_to_orig=net_to_orig, original_sizes=sizes)
 
     logger.info(
         "reconstruct: %d images, %d pairs (%d cached); load %.2fs, inference %.2fs, align %.2fs",

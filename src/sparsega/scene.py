@@ -59,9 +59,10 @@ class Scene:
     images: list[np.ndarray]
     image_paths: list[str]
     sparse_xy: list[np.ndarray] = field(default_factory=list)
-    net_to_orig: np.ndarray | None = None
+    # None is replaced in __post_init__ (identity maps, 0..N-1): after construction both are arrays
+    net_to_orig: np.ndarray = None  # type: ignore[assignment]
     original_sizes: np.ndarray | None = None
-    image_index: np.ndarray | None = None
+    image_index: np.ndarray = None  # type: ignore[assignment]
     info: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -96,7 +97,7 @@ class Scene:
     @property
     def shapes(self) -> list[tuple[int, int]]:
         """(H, W) of each view."""
-        return [tuple(d.shape) for d in self.depthmaps]  # type: ignore[misc]
+        return [(int(d.shape[0]), int(d.shape[1])) for d in self.depthmaps]
 
     def pts3d(self, dense: bool = True) -> list[np.ndarray]:
         """World points: dense ``(H, W, 3)`` per view, or sparse ``(M_i, 3)`` at ``sparse_xy``."""
@@ -124,10 +125,14 @@ class Scene:
         pts, cols, confs = [], [], []
         if dense:
             for p, c, cf, m in zip(self.pts3d(True), self.colors(True), self.confidences, self.masks(min_conf)):
-                pts.append(p[m]), cols.append(c[m]), confs.append(cf[m])
+                pts.append(p[m])
+                cols.append(c[m])
+                confs.append(cf[m])
         else:
             for p, c, cf, xy in zip(self.pts3d(False), self.colors(False), self.confidences, self.sparse_xy):
-                pts.append(p), cols.append(c), confs.append(cf[xy[:, 1], xy[:, 0]])
+                pts.append(p)
+                cols.append(c)
+                confs.append(cf[xy[:, 1], xy[:, 0]])
         if not pts:
             return np.zeros((0, 3), np.float32), np.zeros((0, 3), np.uint8), np.zeros(0, np.float32)
         return np.concatenate(pts), np.concatenate(cols), np.concatenate(confs)
@@ -152,7 +157,7 @@ class Scene:
                 arrays[f"conf_{i}"] = self.confidences[i]
                 arrays[f"image_{i}"] = self.images[i]
                 arrays[f"sparse_xy_{i}"] = self.sparse_xy[i]
-            np.savez(tmp / "scene.npz", **arrays)
+            np.savez(tmp / "scene.npz", **arrays)  # type: ignore[arg-type]  # numpy's stub types **kwds as bool
             meta = {
                 "format": SCENE_FORMAT,
                 "n_images": self.n_images,
@@ -192,7 +197,7 @@ class Scene:
                     sparse_xy=[data[f"sparse_xy_{i}"] for i in range(n)],
                     net_to_orig=data["net_to_orig"],
                     original_sizes=data["original_sizes"] if "original_sizes" in data.files else None,
-                    image_index=data["image_index"] if "image_index" in data.files else None,
+                    image_index=data["image_index"] if "image_index" in data.files else np.arange(n),
                     info=meta.get("info", {}),
                 )
         except (KeyError, ValueError, TypeError) as e:

@@ -75,12 +75,12 @@ class PairPrediction:
     @property
     def shape1(self) -> tuple[int, int]:
         """(H1, W1) of image i."""
-        return tuple(self.conf11.shape[:2])  # type: ignore[return-value]
+        return int(self.conf11.shape[0]), int(self.conf11.shape[1])
 
     @property
     def shape2(self) -> tuple[int, int]:
         """(H2, W2) of image j."""
-        return tuple(self.conf22.shape[:2])  # type: ignore[return-value]
+        return int(self.conf22.shape[0]), int(self.conf22.shape[1])
 
     @property
     def n_matches(self) -> int:

@@ -84,6 +84,21 @@ def align(
 ) -> ComponentResult: ...
 
 
+@overload
+def align(
+    predictions: Sequence[PairPrediction],
+    config: AlignConfig | None = None,
+    *,
+    images: Sequence[np.ndarray] | None = None,
+    image_paths: Sequence[str] | None = None,
+    n_images: int | None = None,
+    known_intrinsics: Any = None,
+    known_poses: Any = None,
+    components: bool,
+    **overrides: Any,
+) -> Scene | ComponentResult: ...
+
+
 def align(
     predictions: Sequence[PairPrediction],
     config: AlignConfig | None = None,
@@ -133,7 +148,7 @@ def align(
         )
 
 
-def _pick(seq: Sequence[Any] | None, idx: Sequence[int]) -> list[Any] | None:
+def _pick(seq: Sequence[Any] | None, idx: Sequence[int] | np.ndarray) -> list[Any] | None:
     return None if seq is None else [seq[int(k)] for k in idx]
 
 
@@ -179,8 +194,8 @@ def _align_components(
     images: Sequence[np.ndarray] | None,
     image_paths: Sequence[str] | None,
     n_images: int | None,
-    link: str,
-    isolated: str,
+    link: Literal["matches", "trusted"],
+    isolated: Literal["unregistered", "self-pair"],
     known_intrinsics: Any,
     known_poses: Any,
 ) -> ComponentResult:
@@ -240,7 +255,7 @@ def _align_components(
     return ComponentResult(scenes=scenes, unregistered=unregistered)
 
 
-def _pick_known(known: Any, idx: Sequence[int]) -> Any:
+def _pick_known(known: Any, idx: Sequence[int] | np.ndarray) -> Any:
     """Known cameras (``{index: value}`` or an (N, ...) array) of images ``idx``, re-indexed ``0..len(idx)-1``."""
     if known is None:
         return None

@@ -116,7 +116,9 @@ def split_components(
     return ComponentSplit(n_images=n, groups=big, isolated=isolated)
 
 
-def subset_predictions(predictions: Sequence[PairPrediction], indices: Sequence[int]) -> list[PairPrediction]:
+def subset_predictions(
+    predictions: Sequence[PairPrediction], indices: Sequence[int] | np.ndarray
+) -> list[PairPrediction]:
     """The predictions between images ``indices`` only, re-indexed to ``0 .. len(indices)-1`` in that order."""
     remap = {int(k): pos for pos, k in enumerate(indices)}
     out = []

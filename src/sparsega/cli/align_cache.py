@@ -57,10 +57,11 @@ def run(args: argparse.Namespace) -> int:
         preds, cfg, images=[li.rgb for li in loaded], image_paths=paths, n_images=len(paths), components=True
     )
     t["align"] = time.perf_counter() - t0
-    result = ComponentResult(
-        [dataclasses.replace(sc, **photo_frames([loaded[i] for i in sc.image_index])) for sc in result.scenes],
-        result.unregistered,
-    )
+    scenes = []
+    for sc in result.scenes:
+        net_to_orig, sizes = photo_frames([loaded[i] for i in sc.image_index])
+        scenes.append(dataclasses.replace(sc, net_to_orig=net_to_orig, original_sizes=sizes))
+    result = ComponentResult(scenes, result.unregistered)
     summary = options.write(
         args,
         result,

@@ -269,7 +269,7 @@ def _is_image_name(name: str) -> bool:
     return name.lower().endswith(IMAGE_EXTENSIONS)
 
 
-def collect_image_paths(inputs: Sequence[str | os.PathLike[str]]) -> list[str]:
+def collect_image_paths(inputs: str | os.PathLike[str] | Sequence[str | os.PathLike[str]]) -> list[str]:
     """Expand files, folders (sorted, image extensions only, not recursive) and glob patterns into image paths.
 
     Explicit files are kept whatever their extension (decoding checks them later). Duplicates are dropped, keeping
@@ -312,12 +312,9 @@ def collect_image_paths(inputs: Sequence[str | os.PathLike[str]]) -> list[str]:
 __all__ = ["LoadedImage", "load_image", "load_images", "collect_image_paths", "photo_frames", "IMAGE_EXTENSIONS"]
 
 
-def photo_frames(images: Sequence[LoadedImage]) -> dict[str, np.ndarray]:
+def photo_frames(images: Sequence[LoadedImage]) -> tuple[np.ndarray, np.ndarray]:
     """The Scene fields that tie network pixels to the photos: ``net_to_orig (N, 3, 3)`` float64 and
-    ``original_sizes (N, 2)`` int64 (W, H); pass them to :func:`dataclasses.replace` on a Scene."""
-    return {
-        "net_to_orig": np.stack([im.intrinsics_to_original(np.eye(3)) for im in images]),
-        "original_sizes": np.array(
-            [[int(im.original_size[0]), int(im.original_size[1])] for im in images], dtype=np.int64
-        ).reshape(-1, 2),
-    }
+    ``original_sizes (N, 2)`` int64 (W, H)."""
+    net_to_orig = np.stack([im.intrinsics_to_original(np.eye(3)) for im in images])
+    sizes = np.array([[int(im.original_size[0]), int(im.original_size[1])] for im in images], dtype=np.int64)
+    return net_to_orig, sizes.reshape(-1, 2)
