@@ -346,13 +346,15 @@ def test_kernel_is_safe_from_several_threads_and_thread_count_invariant():
 
 
 # ------------------------------------------------------------------------------------------ fallback kernel, Adam
+@pytest.mark.parametrize("targets", ["anchors", "matches"])
 @pytest.mark.parametrize("gamma", [1.1, 1.0])
-def test_fallback_kernel_matches_autograd(gamma):
+def test_fallback_kernel_matches_autograd(gamma, targets):
     """The DUSt3R-fallback kernel (loss and gradients w.r.t. the camera table and the anchor depths) against
     TwinLosses.loss_fallback under autograd, on a problem whose every pair falls back."""
     _, preds = _orbit_preds()
-    problem, _, _ = build_problem(preds, AlignConfig(matching_conf_thr=1e9), None)
+    problem, _, _ = build_problem(preds, AlignConfig(matching_conf_thr=1e9, fallback_targets=targets), None)
     problem = problem.to(torch.float64)
+    assert (problem.fb_off != 1).any() == (targets == "matches")  # match pixels carry their depth offsets
     assert problem.fb_conf.numel() > 1000
     al = SparseAligner(problem, AlignConfig(matching_conf_thr=1e9))
     g = torch.Generator().manual_seed(2)

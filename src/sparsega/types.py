@@ -32,6 +32,11 @@ KINEMATIC_MODES = (
 LR_SCHEDULES = ("cosine", "linear")
 DTYPES = ("float32", "float64")
 POSE_INITS = ("procrustes", "identity")
+# the DUSt3R fallback's regression points: "anchors" = each anchor of the image regressed onto the other view's
+# pointmap at the anchor's own pixel (one target per anchor); "matches" = the reference's: each matched pixel of the
+# image (its matches with every partner, duplicates kept) regressed onto the pointmap at the TOP-LEFT pixel of its
+# anchor block (the reference samples ``[::subsample]``, half a block away from the anchor)
+FALLBACK_TARGETS = ("anchors", "matches")
 # loss implementations: "kernel" = the compiled numba iteration (CPU), "autograd" = its plain torch twin (any
 # device); "auto" = kernel on CPU when the loss gammas have a compiled form, else autograd
 LOSS_BACKENDS = ("auto", "kernel", "autograd")
@@ -163,6 +168,7 @@ class AlignConfig:
     loss_gamma2: float = 0.5
     fallback_gamma: float = 1.1
     fallback_weight: float = 0.01
+    fallback_targets: str = "anchors"
     lr_schedule: str = "cosine"
     lr_end: float = 0.0
     shared_intrinsics: bool = False
@@ -213,6 +219,7 @@ class AlignConfig:
             raise bad("matching_conf_thr", "must be finite")
         choices: dict[str, tuple[str, ...]] = {
             "canonical_mode": CANONICAL_MODES,
+            "fallback_targets": FALLBACK_TARGETS,
             "kinematic_mode": KINEMATIC_MODES,
             "lr_schedule": LR_SCHEDULES,
             "dtype": DTYPES,

@@ -247,7 +247,9 @@ class TwinLosses:
         p = self.p
         if p.fb_conf.numel() == 0:
             return table.new_zeros(())
-        pts = self.anchor_points(table, anchor_depth, p.fb_anchor)
+        ri = camera_rows(table, p.anchor_img[p.fb_anchor])
+        d = gather(anchor_depth, 0, p.fb_anchor) * (1 + (p.fb_off - 1) * ri[15])
+        pts = to_world(ri, p.fb_xy[:, 0].contiguous(), p.fb_xy[:, 1].contiguous(), d)
         r = camera_rows(table, p.fb_ref)
         tx, ty, tz = self.fb_target
         tgt = (

@@ -37,7 +37,7 @@ class AlignProblem:
         imsizes: (N, 2) (W, H) of each image.
         base_focals: (N,) initial focals f0 from the canonical views (pixels).
         pps: (N, 2) initial principal points (pixels).
-        median_depths: (N,) median canonical anchor depth of each image.
+        median_depths: (N,) lower median canonical anchor depth of each image (as torch.median).
         core_depth: (A,) canonical anchor depths divided by their image's median depth.
         anchor_img: (A,) image of each anchor.  anchor_xy: (A, 2) anchor pixel (x, y).
         m_img: (2, M) images of both sides of each match.  m_xy: (2, M, 2) pixels.  m_anchor: (2, M) global anchor
@@ -45,7 +45,9 @@ class AlignProblem:
             m_ok: (M,) True where the pair's matching is trusted (max confidence > threshold); trusted matches
             come first (the losses use the leading slice).
         fb_anchor: (F,) anchors regressed by the fallback.  fb_ref: (F,) image whose camera frame the target is in.
-            fb_target: (F, 3) target point in that frame.  fb_conf: (F,) weight.
+            fb_target: (F, 3) target point in that frame.  fb_conf: (F,) weight.  fb_xy: (F, 2) pixel of the
+            regressed point (the anchor's own pixel, or a matched pixel).  fb_off: (F,) its canonical depth ratio
+            to the anchor (1 at the anchor pixel).
         root, edges: kinematic tree (edges (N-1, 2) (parent, child) in BFS order).
     """
 
@@ -66,6 +68,8 @@ class AlignProblem:
     fb_ref: Tensor
     fb_target: Tensor
     fb_conf: Tensor
+    fb_xy: Tensor
+    fb_off: Tensor
     root: int
     edges: np.ndarray
     mean_confs: Tensor = field(default_factory=lambda: torch.zeros(0))
@@ -219,7 +223,7 @@ def build_problem(
             m_off.reshape(-1)[sel] = off.numpy()
 
     # fallback targets at anchor resolution for pairs whose matching is not trusted
-    fb_anchor, fb_ref, fb_target, fb_conf = [], [], [], []
+    fb_anchor, fb_ref, fb_target, fb_conf, fb_xy, fb_off = [], [], [], [], [], []
     n_fallback = 0
     for k, pm in enumerate(meta):
         if pair_ok[k] or pm.i == pm.j:
@@ -230,19 +234,30 @@ def build_problem(
             (p.i, p.j, p.pts12, p.conf12, p.shape1),
             (p.j, p.i, p.pts21, p.conf21, p.shape2),
         ):
-            axy = _anchor_pixels(h, w, s)
-            tgt = np.asarray(pts_ab, np.float32)[axy[:, 1], axy[:, 0]]
-            cf = np.asarray(conf_ab, np.float32)[axy[:, 1], axy[:, 0]]
+            if config.fallback_targets == "anchors":  # every anchor, at its own pixel
+                anc = np.arange((h // s) * (w // s))
+                pix = _anchor_pixels(h, w, s)
+                sxy, soff = pix, np.ones(len(anc), np.float32)
+            else:  # every matched pixel of a (all partners); target at its block's top-left pixel
+                sel = side_order[side_ptr[a] : side_ptr[a + 1]]
+                anc = m_anchor.reshape(-1)[sel] - anchor_base[a]
+                sxy, soff = m_xy_flat[sel], m_off.reshape(-1)[sel]
+                pix = np.stack(((anc % (w // s)) * s, (anc // (w // s)) * s), 1)
+            tgt = np.asarray(pts_ab, np.float32)[pix[:, 1], pix[:, 0]]
+            cf = np.asarray(conf_ab, np.float32)[pix[:, 1], pix[:, 0]]
             good = np.isfinite(tgt).all(-1) & np.isfinite(cf)
-            fb_anchor.append(anchor_base[a] + np.flatnonzero(good))
+            fb_anchor.append(anchor_base[a] + anc[good])
             fb_ref.append(np.full(good.sum(), b))
             fb_target.append(tgt[good])
             fb_conf.append(cf[good])
+            fb_xy.append(sxy[good])
+            fb_off.append(soff[good])
 
     anchor_img = np.repeat(np.arange(n), np.diff(anchor_base))
     anchor_xy = np.concatenate([_anchor_pixels(*shapes[k], s) for k in range(n)])
     core_all = np.concatenate([c.core_depth for c in cdata])
-    medians = np.array([np.median(c.core_depth) for c in cdata])
+    # the reference's torch.median: the lower of the two middle values for an even count (not numpy's mean)
+    medians = np.array([np.sort(c.core_depth)[(len(c.core_depth) - 1) // 2] for c in cdata], dtype=np.float64)
     core_norm = core_all / medians[anchor_img]
 
     # kinematic tree over the match-count graph
@@ -287,6 +302,8 @@ def build_problem(
         fb_ref=t(cat(fb_ref) if fb_ref else np.zeros(0), torch.int64),
         fb_target=t(cat(fb_target) if fb_target else np.zeros((0, 3))),
         fb_conf=t(cat(fb_conf) if fb_conf else np.zeros(0)),
+        fb_xy=t(cat(fb_xy) if fb_xy else np.zeros((0, 2))),
+        fb_off=t(cat(fb_off) if fb_off else np.zeros(0)),
         root=root,
         edges=edges,
         mean_confs=t(mean_confs),

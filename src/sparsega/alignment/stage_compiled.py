@@ -37,13 +37,14 @@ def fallback_blocks(p: AlignProblem) -> tuple[np.ndarray, ...]:
         starts = np.r_[0, change, f].astype(np.int64)
     else:
         starts = np.zeros(1, np.int64)
-    xy = p.anchor_xy.cpu().double().numpy()[anc]
+    xy = p.fb_xy.cpu().double().numpy()
     return (
         starts,
         img[starts[:-1]],
         ref[starts[:-1]],
         np.ascontiguousarray(xy[:, 0]),
         np.ascontiguousarray(xy[:, 1]),
+        np.ascontiguousarray(p.fb_off.cpu().double().numpy() - 1.0),
         anc,
         np.ascontiguousarray(p.fb_target.cpu().double().numpy()),
         np.ascontiguousarray(p.fb_conf.cpu().double().numpy()),

@@ -245,8 +245,11 @@ def _camera_backward(
         # z = s md f / bf
         gs[i] += gz[i] * md[i] * f[i] / bf[i]
         gf[i] += gz[i] * s[i] * md[i] / bf[i]
-    # g = 1 / min(s): the minimum's gradient is shared evenly among ties (torch's min())
-    smin = 1.0 / g
+    # g = 1 / min(s): the minimum's gradient is shared evenly among ties (torch's min()); the minimum is taken
+    # again from s (1 / (1 / m) need not round back to m, which would drop the gradient)
+    smin = np.inf
+    for i in range(n):
+        smin = min(smin, s[i])
     n_min = 0
     for i in range(n):
         if s[i] == smin:

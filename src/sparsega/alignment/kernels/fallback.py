@@ -18,6 +18,7 @@ def _fallback_loss_and_grad(
     b_ref: np.ndarray,
     xs: np.ndarray,
     ys: np.ndarray,
+    offm1: np.ndarray,
     anc: np.ndarray,
     tgt: np.ndarray,
     conf: np.ndarray,
@@ -28,8 +29,8 @@ def _fallback_loss_and_grad(
     g_ad: np.ndarray,
 ) -> float:
     """DUSt3R-fallback regression: sum over targets of ``conf * ((r + off)^gamma - off^gamma)``, ``r`` the distance
-    between an anchor's world point (its image's camera, pixel ``(x, y)``, depth ``ad[anc]``) and the target
-    point ``tgt (F, 3)`` given in the frame of the other image's camera. Gradients w.r.t. ``tab (N, 17)`` and
+    between a regressed world point (its image's camera, pixel ``(x, y)``, depth ``ad[anc] (1 + offm1 f0 / f)``, as
+    a match side's) and the target point ``tgt (F, 3)`` given in the frame of the other image's camera. Gradients w.r.t. ``tab (N, 17)`` and
     ``ad (A,)``, times ``scale``, are ADDED to ``g_tab`` and ``g_ad``; the returned sum is unscaled.
 
     Targets come in blocks ``blocks[k]:blocks[k+1]`` of constant (image ``b_img[k]``, reference ``b_ref[k]``): the
@@ -45,7 +46,7 @@ def _fallback_loss_and_grad(
     for k in range(b_img.shape[0]):
         i = b_img[k]
         j = b_ref[k]
-        f, px, py = tab[i, 12], tab[i, 13], tab[i, 14]
+        f, px, py, c15 = tab[i, 12], tab[i, 13], tab[i, 14], tab[i, 15]
         inv_f = 1.0 / f
         ri0, ri1, ri2, ri3, ri4, ri5, ri6, ri7, ri8 = (
             tab[i, 0],
@@ -73,10 +74,11 @@ def _fallback_loss_and_grad(
         a00 = a01 = a02 = a10 = a11 = a12 = a20 = a21 = a22 = 0.0  # sum g pc^T (camera i)
         b00 = b01 = b02 = b10 = b11 = b12 = b20 = b21 = b22 = 0.0  # sum g q^T (camera j, minus sign)
         s0 = s1 = s2 = 0.0
-        gf = gpx = gpy = 0.0
+        gf = gpx = gpy = g15 = 0.0
         acc = 0.0
         for n in range(blocks[k], blocks[k + 1]):
-            d = adg[n]
+            fac = 1.0 + offm1[n] * c15
+            d = adg[n] * fac
             u = (xs[n] - px) * inv_f
             v = (ys[n] - py) * inv_f
             p0 = u * d
@@ -122,7 +124,9 @@ def _fallback_loss_and_grad(
             c0 = ri0 * g0 + ri3 * g1 + ri6 * g2
             c1 = ri1 * g0 + ri4 * g1 + ri7 * g2
             c2 = ri2 * g0 + ri5 * g1 + ri8 * g2
-            gbuf[n] = c0 * u + c1 * v + c2
+            gd = c0 * u + c1 * v + c2  # dL/d(depth)
+            gbuf[n] = gd * fac
+            g15 += gd * adg[n] * offm1[n]
             gf -= (c0 * p0 + c1 * p1) * inv_f
             gpx -= c0 * d * inv_f
             gpy -= c1 * d * inv_f
@@ -156,6 +160,7 @@ def _fallback_loss_and_grad(
         gi[12] += gf
         gi[13] += gpx
         gi[14] += gpy
+        gi[15] += g15
     for n in range(nt):
         g_ad[anc[n]] += gbuf[n]
     return total
