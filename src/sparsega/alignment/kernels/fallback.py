@@ -30,8 +30,9 @@ def _fallback_loss_and_grad(
 ) -> float:
     """DUSt3R-fallback regression: sum over targets of ``conf * ((r + off)^gamma - off^gamma)``, ``r`` the distance
     between a regressed world point (its image's camera, pixel ``(x, y)``, depth ``ad[anc] (1 + offm1 f0 / f)``, as
-    a match side's) and the target point ``tgt (F, 3)`` given in the frame of the other image's camera. Gradients w.r.t. ``tab (N, 17)`` and
-    ``ad (A,)``, times ``scale``, are ADDED to ``g_tab`` and ``g_ad``; the returned sum is unscaled.
+    a match side's) and the target point ``tgt (F, 3)`` given in the frame of the other image's camera. Gradients
+    w.r.t. ``tab (N, 17)`` and ``ad (A,)``, times ``scale``, are ADDED to ``g_tab`` and ``g_ad``; the returned sum
+    is unscaled.
 
     Targets come in blocks ``blocks[k]:blocks[k+1]`` of constant (image ``b_img[k]``, reference ``b_ref[k]``): the
     two cameras' gradients are accumulated in scalars per block, as the match kernel does per chunk, and the anchor
