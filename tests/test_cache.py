@@ -154,19 +154,7 @@ def test_pair_prediction_round_trip(tmp_path: Path) -> None:
         back = load_pair(store, f"p{m}", 4, 2)
         assert back is not None
         assert (back.i, back.j) == (4, 2)  # indices come from the caller, not the cache
-        for name in (
-            "pts11",
-            "conf11",
-            "pts21",
-            "conf21",
-            "pts22",
-            "conf22",
-            "pts12",
-            "conf12",
-            "xy1",
-            "xy2",
-            "match_conf",
-        ):
+        for name in [f.name for f in dataclasses.fields(PairPrediction) if f.name not in ("i", "j", "score")]:
             assert _same(getattr(back, name), getattr(pred, name)), name
         assert back.score == score
         if score is not None:

@@ -25,6 +25,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+# the parameter arrays, in the compiled camera model's argument order
+PARAMS = ("quats", "trans", "log_sizes", "log_focals", "pps", "core_depth")
+
 
 def fallback_blocks(p: AlignProblem) -> tuple[np.ndarray, ...]:
     """The fallback targets as float64/int64 numpy arrays, cut into blocks of constant (image, reference)."""
@@ -54,12 +57,7 @@ def fallback_blocks(p: AlignProblem) -> tuple[np.ndarray, ...]:
 def compiled_forward(P: dict[str, np.ndarray], consts: CameraConsts, table: np.ndarray, ad: np.ndarray) -> None:
     """Fill ``table (N, 17)`` and ``ad (A,)`` from the float64 parameters ``P`` by the compiled camera model."""
     camera.camera_forward_jit(
-        P["quats"],
-        P["trans"],
-        P["log_sizes"],
-        P["log_focals"],
-        P["pps"],
-        P["core_depth"],
+        *(P[k] for k in PARAMS),
         *consts.arrays(),
         consts.anchor_img,
         table,
@@ -94,8 +92,7 @@ def run_stage_compiled(
     ad = np.empty(a)
     g_tab = np.empty((n, 17))
     g_ad = np.empty(a)
-    order = ("quats", "trans", "log_sizes", "log_focals", "pps", "core_depth")
-    grads = {k: np.empty_like(P[k]) for k in order}
+    grads = {k: np.empty_like(P[k]) for k in PARAMS}
     state = {k: (np.zeros(P[k].size), np.zeros(P[k].size)) for k in names}
     masks: dict[str, np.ndarray] = {}
     if al.intr_grad_mask is not None and not cfg.shared_intrinsics:
@@ -136,16 +133,11 @@ def run_stage_compiled(
                     break
                 losses.append(loss)
                 camera.camera_backward_jit(
-                    P["quats"],
-                    P["trans"],
-                    P["log_sizes"],
-                    P["log_focals"],
-                    P["pps"],
-                    P["core_depth"],
+                    *(P[k] for k in PARAMS),
                     *c_arrs,
                     g_tab,
                     g_ad,
-                    *(grads[k] for k in order),
+                    *(grads[k] for k in PARAMS),
                 )
                 for k in names:
                     snap[k][...] = P[k]

@@ -11,10 +11,8 @@ from pathlib import Path
 from ..alignment.api import align
 from ..alignment.components import ComponentResult
 from ..errors import InputError
-from ..evaluate import evaluate_scene
 from ..frontend.images import collect_image_paths, load_images, photo_frames
 from ..interop import read_mast3r_cache
-from ..io.camera_files import load_ground_truth
 from . import options
 
 
@@ -45,7 +43,7 @@ def run(args: argparse.Namespace) -> int:
     if len(paths) == 1 and os.path.isdir(paths[0]):
         paths = collect_image_paths(paths)
     options.check_output(args)
-    gt = load_ground_truth(args.gt) if args.gt else None
+    evaluate = options.gt_evaluator(args)
     t0 = time.perf_counter()
     loaded = load_images(paths, size=args.image_size)
     t = {"load_images": time.perf_counter() - t0}
@@ -68,10 +66,7 @@ def run(args: argparse.Namespace) -> int:
         "align-cache",
         t,
         image_paths=paths,
-        evaluate=(lambda sc: evaluate_scene(sc, gt)) if gt is not None else None,
+        evaluate=evaluate,
         extra={"cache_dir": str(cache), "images": paths},
     )
-    if summary.get("metrics") and not args.json:
-        print(options.metrics_table(summary["metrics"]))
-    options.emit(args, summary)
-    return 0
+    return options.finish(args, summary)

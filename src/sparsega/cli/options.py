@@ -13,6 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError, InputError
+from ..evaluate import evaluate_scene
+from ..io.camera_files import load_ground_truth
 from ..io.common import DEFAULT_MIN_CONF
 from ..io.output import to_json, write_result
 from ..types import CANONICAL_MODES, DTYPES, KINEMATIC_MODES, LOSS_BACKENDS, POSE_INITS, AlignConfig
@@ -244,3 +246,19 @@ def write(args: argparse.Namespace, result: Any, command: str, timings: dict[str
         timings=timings,
         **kw,
     )
+
+
+def gt_evaluator(args: argparse.Namespace) -> Callable[[Any], dict[str, Any]] | None:
+    """``scene -> metrics`` against ``--gt`` (read now, before any work), or None without ``--gt``."""
+    if not getattr(args, "gt", None):
+        return None
+    gt = load_ground_truth(args.gt)
+    return lambda scene: evaluate_scene(scene, gt)
+
+
+def finish(args: argparse.Namespace, summary: dict[str, Any]) -> int:
+    """Print the metrics table (unless ``--json``), emit the JSON summary; the exit code."""
+    if summary.get("metrics") and not args.json:
+        print(metrics_table(summary["metrics"]))
+    emit(args, summary)
+    return 0

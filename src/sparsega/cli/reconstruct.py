@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import InputError
-from ..evaluate import evaluate_scene
 from ..frontend.images import collect_image_paths
 from ..frontend.pairs import parse_scene_graph
 from ..io.camera_files import load_ground_truth, load_intrinsics_file, match_image_names
@@ -55,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
     if not ckpt.is_file():
         raise InputError(f"{ckpt}: checkpoint file not found")
     options.check_output(args)
-    gt = load_ground_truth(args.gt) if args.gt else None
+    evaluate = options.gt_evaluator(args)
     kw: dict[str, Any] = dict(overrides)
     if args.cache_dir:
         kw["cache_dir"] = args.cache_dir
@@ -77,10 +76,7 @@ def run(args: argparse.Namespace) -> int:
         "reconstruct",
         t,
         image_paths=paths,
-        evaluate=(lambda sc: evaluate_scene(sc, gt)) if gt is not None else None,
+        evaluate=evaluate,
         extra={"inputs": paths, "checkpoint": str(ckpt), "scene_graph": graph},
     )
-    if summary.get("metrics") and not args.json:
-        print(options.metrics_table(summary["metrics"]))
-    options.emit(args, summary)
-    return 0
+    return options.finish(args, summary)

@@ -21,6 +21,22 @@ def _one_line(msg: object) -> str:
     return " ".join(str(msg).split()) or "unknown error"
 
 
+def _read_colmap(folder: Path, needs: str) -> Any:
+    """The COLMAP model in ``folder`` (or its ``sparse/0``, ``sparse``, ``colmap/sparse/0``) holding ``needs``
+    (``cameras`` or ``images``, .bin or .txt), as a ``pycolmap.Reconstruction``."""
+    import pycolmap
+
+    for cand in (folder, folder / "sparse" / "0", folder / "sparse", folder / "colmap" / "sparse" / "0"):
+        if (cand / f"{needs}.bin").is_file() or (cand / f"{needs}.txt").is_file():
+            break
+    else:
+        raise InputError(f"{folder}: not a COLMAP model folder (no {needs}.bin / {needs}.txt)")
+    try:
+        return pycolmap.Reconstruction(str(cand))
+    except Exception as e:  # noqa: BLE001 - pycolmap raises various types
+        raise InputError(f"{cand}: cannot read COLMAP model ({_one_line(e)})") from None
+
+
 def load_intrinsics_file(path: str | os.PathLike) -> dict[str, np.ndarray]:
     """Known intrinsics keyed by image name: ``{name: K (3, 3)}`` in original pixels, pixel centres at integer
     coordinates. Reads a COLMAP model folder (whose principal points put the origin at the image corner, hence
@@ -30,17 +46,7 @@ def load_intrinsics_file(path: str | os.PathLike) -> dict[str, np.ndarray]:
         raise InputError(f"{p}: no such intrinsics file or folder")
     out: dict[str, np.ndarray] = {}
     if p.is_dir():
-        import pycolmap
-
-        for cand in (p, p / "sparse" / "0", p / "sparse", p / "colmap" / "sparse" / "0"):
-            if (cand / "cameras.bin").is_file() or (cand / "cameras.txt").is_file():
-                break
-        else:
-            raise InputError(f"{p}: not a COLMAP model folder (no cameras.bin / cameras.txt)")
-        try:
-            rec = pycolmap.Reconstruction(str(cand))
-        except Exception as e:  # noqa: BLE001 - pycolmap raises various types
-            raise InputError(f"{cand}: cannot read COLMAP model ({_one_line(e)})") from None
+        rec = _read_colmap(p, "cameras")
         for img in rec.images.values():
             K = np.asarray(rec.cameras[img.camera_id].calibration_matrix(), np.float64).copy()
             K[:2, 2] -= 0.5
@@ -85,19 +91,7 @@ def load_ground_truth(path: str | os.PathLike) -> dict[str, dict[str, Any]]:
         raise InputError(f"{p}: no such ground-truth file or folder")
     out: dict[str, dict[str, Any]] = {}
     if p.is_dir():
-        import pycolmap
-
-        model = p
-        for cand in (p, p / "sparse" / "0", p / "sparse", p / "colmap" / "sparse" / "0"):
-            if (cand / "images.bin").is_file() or (cand / "images.txt").is_file():
-                model = cand
-                break
-        else:
-            raise InputError(f"{p}: not a COLMAP model folder (no images.bin / images.txt)")
-        try:
-            rec = pycolmap.Reconstruction(str(model))
-        except Exception as e:  # noqa: BLE001 - pycolmap raises various types
-            raise InputError(f"{model}: cannot read COLMAP model ({str(e).splitlines()[0] if str(e) else e})") from None
+        rec = _read_colmap(p, "images")
         for img in rec.images.values():
             if not img.has_pose:
                 continue
