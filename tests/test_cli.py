@@ -300,26 +300,3 @@ def test_align_cache_maps_back_to_original_pixels(tmp_path):
         K, Kn = np.asarray(c["K"]), np.asarray(c["K_network"])
         np.testing.assert_allclose(K[0, 0], 2 * Kn[0, 0], rtol=1e-12)
         np.testing.assert_allclose(K[0, 2], 2 * Kn[0, 2] + 0.5, rtol=1e-12)  # pixel-centre convention
-
-
-def test_known_camera_files_are_matched_to_inputs(tmp_path):
-    import json
-
-    import numpy as np
-
-    from sparsega import InputError
-    from sparsega.io.camera_files import load_intrinsics_file, match_image_names
-
-    K = [[500.0, 0, 320], [0, 500, 240], [0, 0, 1]]
-    f = tmp_path / "k.json"
-    f.write_text(json.dumps({"a.jpg": K, "sub/b.jpg": {"K": K}}))
-    table = load_intrinsics_file(f)
-    paths = ["/data/x/a.jpg", "/data/sub/b.jpg", "/data/c.jpg"]
-    got = match_image_names(table, paths, str(f))
-    assert set(got) == {"/data/x/a.jpg", "/data/sub/b.jpg"} and np.allclose(got["/data/x/a.jpg"], K)
-    with pytest.raises(InputError, match="unknown image name 'zz.jpg'"):
-        match_image_names({"zz.jpg": K}, paths, "k.json")
-    bad = tmp_path / "bad.json"
-    bad.write_text("[1, 2]")
-    with pytest.raises(InputError, match="malformed intrinsics"):
-        load_intrinsics_file(bad)
