@@ -110,7 +110,7 @@ class SparseAligner:
             self.log_focals = problem.base_focals.log().clone()
 
         # chained pairwise poses (pose_init="procrustes"); the reference starts from identity
-        self.warm_start = config.pose_init == "procrustes" and problem.init_R is not None
+        self.warm_start = config.pose_init != "identity" and problem.init_R is not None
         if self.warm_start:
             self.log_sizes.copy_(problem.init_log_sizes)
             self.set_absolute_poses(problem.init_R, problem.init_C * (1 / self.log_sizes.exp().min()))

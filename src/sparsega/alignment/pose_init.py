@@ -107,3 +107,71 @@ def chain_pairwise_poses(
             sc = sc * r_uv
         R[b], C[b], size[b] = Rc, Cc, sc
     return R, C, np.log(size)
+
+
+def _project_so3(m: np.ndarray) -> np.ndarray:
+    """The rotation nearest to each ``(..., 3, 3)`` matrix (Frobenius), by SVD."""
+    U, _, Vt = np.linalg.svd(m)
+    D = np.ones(m.shape[:-1])
+    D[..., 2] = np.sign(np.linalg.det(U @ Vt))
+    return (U * D[..., None, :]) @ Vt
+
+
+def _laplacian_solve(n: int, root: int, i: np.ndarray, j: np.ndarray, w: np.ndarray, rhs_edge: np.ndarray):
+    """Least squares ``min sum_e w_e |x_j - x_i - r_e|^2`` with ``x_root = 0``; ``rhs_edge (E, ...)``."""
+    L = np.zeros((n, n))
+    np.add.at(L, (i, i), w)
+    np.add.at(L, (j, j), w)
+    np.add.at(L, (i, j), -w)
+    np.add.at(L, (j, i), -w)
+    b = np.zeros((n, *rhs_edge.shape[1:]))
+    np.add.at(b, j, w.reshape(-1, *[1] * (rhs_edge.ndim - 1)) * rhs_edge)
+    np.add.at(b, i, -w.reshape(-1, *[1] * (rhs_edge.ndim - 1)) * rhs_edge)
+    keep = np.arange(n) != root
+    x = np.zeros_like(b)
+    x[keep] = np.linalg.lstsq(L[np.ix_(keep, keep)], b[keep], rcond=None)[0]
+    return x
+
+
+def average_pairwise_poses(
+    preds: PairView,
+    n: int,
+    root: int,
+    edges: np.ndarray,
+    cdata: list[CanonicalData],
+    subsample: int,
+    weights: np.ndarray,
+    step: int = 4,
+    iters: int = 30,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Initial poses from ALL weighted pairs instead of a chain (``pose_init="global"``): the pairwise Procrustes
+    poses of the pairs with ``weights > 0`` (one per :attr:`PairView.meta` entry, e.g. trusted match counts) are
+    averaged: log sizes and centres by weighted linear least squares over the pair graph, rotations by chordal
+    averaging (block updates ``R_j = proj(sum w R_i R_ij)`` from the chained start). Drift along a long sequence
+    is then spread over every overlapping pair rather than accumulated along the tree. Same outputs as
+    :func:`chain_pairwise_poses` (root at the identity, root size 1)."""
+    R0, _, _ = chain_pairwise_poses(preds, n, root, edges, cdata, subsample, step)
+    use = [k for k, m in enumerate(preds.meta) if m.i != m.j and weights[k] > 0]
+    if not use:
+        return chain_pairwise_poses(preds, n, root, edges, cdata, subsample, step)
+    ei = np.array([preds.meta[k].i for k in use])
+    ej = np.array([preds.meta[k].j for k in use])
+    w = np.asarray([weights[k] for k in use], np.float64)
+    rel = [_relative_pose(preds[k], cdata[preds.meta[k].i].core_depth, cdata[preds.meta[k].j].core_depth,
+                          subsample, step) for k in use]  # fmt: skip
+    Rij = np.stack([r[0] for r in rel])
+    cij = np.stack([r[1] for r in rel])
+    lij = np.log(np.array([r[2] for r in rel]))
+    logs = _laplacian_solve(n, root, ei, ej, w, lij)
+    R = R0.copy()
+    for _ in range(iters):
+        acc = np.zeros((n, 3, 3))
+        np.add.at(acc, ej, w[:, None, None] * (R[ei] @ Rij))  # R_j ~ R_i R_ij
+        np.add.at(acc, ei, w[:, None, None] * (R[ej] @ Rij.transpose(0, 2, 1)))  # R_i ~ R_j R_ij^T
+        new = _project_so3(acc)
+        new[root] = np.eye(3)
+        R = new
+    # C_j - C_i = s_i R_i c_ij
+    rhs = np.exp(logs[ei])[:, None] * np.einsum("eab,eb->ea", R[ei], cij)
+    C = _laplacian_solve(n, root, ei, ej, w, rhs)
+    return R, C, logs

@@ -20,7 +20,7 @@ from ..errors import InputError
 from ..types import AlignConfig, PairPrediction
 from . import canonical, kinematic
 from .inputs import PairView, sanitize_pointmap
-from .pose_init import chain_pairwise_poses
+from .pose_init import average_pairwise_poses, chain_pairwise_poses
 
 log = logging.getLogger(__name__)
 
@@ -279,6 +279,9 @@ def build_problem(
     init = None
     if config.pose_init == "procrustes" and n > 1:
         init = chain_pairwise_poses(preds, n, root, edges, cdata, s)
+    elif config.pose_init == "global" and n > 1:
+        weights = np.where(pair_ok, counts, 0).astype(np.float64)
+        init = average_pairwise_poses(preds, n, root, edges, cdata, s, weights)
 
     def t(x: np.ndarray, dtype: torch.dtype | None = None) -> torch.Tensor:
         return torch.as_tensor(np.ascontiguousarray(x), device=dev, dtype=dtype or dt)
