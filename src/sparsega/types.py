@@ -32,12 +32,12 @@ KINEMATIC_MODES = (
 LR_SCHEDULES = ("cosine", "linear")
 DTYPES = ("float32", "float64")
 POSE_INITS = ("procrustes", "global", "identity")
-# the DUSt3R fallback's regression points: "matches" (default, the reference's) = each matched pixel of the image
-# (its matches with every partner, duplicates kept) regressed onto the other view's pointmap at the TOP-LEFT pixel
-# of its anchor block (the reference samples ``[::subsample]``, half a block away from the anchor); "anchors" = each
-# anchor regressed at its own pixel, one target per anchor. Measured on ../shared/bench: "matches" matches the
-# reference's depth on the 32 %-fallback orbit (AbsRel 0.039 vs 0.054 for "anchors"), "anchors" is better on the
-# jumps s3 rotations (5.1 vs 8.0 deg; reference 8.5)
+# the DUSt3R fallback's regression points. "anchors" (default): each anchor of the image that holds a match,
+# regressed onto the other view's pointmap at the anchor's own pixel, one target per anchor. "matches" (the
+# reference's): each matched pixel of the image (its matches with every partner, duplicates kept) regressed onto
+# the pointmap at the TOP-LEFT pixel of its anchor block (the reference samples ``[::subsample]``). Measured on
+# ../shared/bench: equal or better cameras and depth on every fallback scene, and 5x fewer targets (the
+# fallback's cost per target is that of a match side: "matches" made the 32 %-fallback orbit 1.7x slower)
 FALLBACK_TARGETS = ("anchors", "matches")
 # loss implementations: "kernel" = the compiled numba iteration (CPU), "autograd" = its plain torch twin (any
 # device); "auto" = kernel on CPU when the loss gammas have a compiled form, else autograd
@@ -170,7 +170,7 @@ class AlignConfig:
     loss_gamma2: float = 0.5
     fallback_gamma: float = 1.1
     fallback_weight: float = 0.01
-    fallback_targets: str = "matches"
+    fallback_targets: str = "anchors"
     lr_schedule: str = "cosine"
     lr_end: float = 0.0
     shared_intrinsics: bool = False

@@ -234,9 +234,10 @@ def build_problem(
             (p.i, p.j, p.pts12, p.conf12, p.shape1),
             (p.j, p.i, p.pts21, p.conf21, p.shape2),
         ):
-            if config.fallback_targets == "anchors":  # every anchor, at its own pixel
-                anc = np.arange((h // s) * (w // s))
-                pix = _anchor_pixels(h, w, s)
+            if config.fallback_targets == "anchors":  # every anchor holding a match, at its own pixel
+                sel = side_order[side_ptr[a] : side_ptr[a + 1]]
+                anc = np.unique(m_anchor.reshape(-1)[sel] - anchor_base[a])
+                pix = _anchor_pixels(h, w, s)[anc]
                 sxy, soff = pix, np.ones(len(anc), np.float32)
             else:  # every matched pixel of a (all partners); target at its block's top-left pixel
                 sel = side_order[side_ptr[a] : side_ptr[a + 1]]
