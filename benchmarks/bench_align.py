@@ -43,6 +43,7 @@ def run_one(args: argparse.Namespace, n: int) -> dict:
         pose_init=args.pose_init,
         loss_backend=args.backend,
         threads=args.threads,
+        device=args.device,
     )
     wall = time.perf_counter() - t0
     m = metrics.camera_metrics(scene.cam2w.astype(np.float64), sc.cam2w, scene.focals, sc.focals, sc.extent)
@@ -71,7 +72,7 @@ def run_one(args: argparse.Namespace, n: int) -> dict:
         "rta5": round(float(m["rta5"]), 4),
         "focal_err_med": round(float(m["focal_err_med"]), 5),
         "threads": args.threads,
-        "optimizer": "adam",
+        "device": scene.info["config"]["device"],
         "pose_init": args.pose_init,
         "loss_backend": args.backend,
     }
@@ -100,6 +101,7 @@ def main() -> None:
         choices=["auto", "kernel", "autograd"],
         help="match-loss implementation (AlignConfig.loss_backend)",
     )
+    ap.add_argument("--device", default="cpu", help="auto, cpu, cuda[:k] or mps (cpu: the compiled kernels)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--_one", type=int, help=argparse.SUPPRESS)

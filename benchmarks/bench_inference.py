@@ -85,11 +85,13 @@ def run(args: argparse.Namespace) -> dict:
     n_used = len(np.unique(pairs))
 
     if args.device.startswith("cuda"):  # warm-up (kernels, allocator), not timed; not needed on CPU
-        run_pairs(net, images[:2], np.array([[0, 1]]), progress=False, batch_size=1)
+        run_pairs(net, images[:2], np.array([[0, 1]]), progress=False, batch_size=1, autocast=args.autocast)
 
     stats: dict = {}
     t0 = time.perf_counter()
-    run_pairs(net, images, pairs, batch_size=args.batch_size, progress=not args.json, stats=stats)
+    run_pairs(
+        net, images, pairs, batch_size=args.batch_size, progress=not args.json, stats=stats, autocast=args.autocast
+    )
     ours_total = time.perf_counter() - t0
     ours_net = stats["encode_s"] + stats["decode_s"]
 
@@ -181,6 +183,7 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=4)
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--autocast", default=None, help="reduced-precision decoding, e.g. bf16 (run_pairs' autocast)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--tiny", action="store_true", help="tiny network config (plumbing check)")
     ap.add_argument("--no-baseline", action="store_true")

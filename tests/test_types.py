@@ -16,7 +16,7 @@ def test_defaults_are_reference():
     )
     assert (c.lr1, c.niter1, c.loss_gamma1, c.lr2, c.niter2, c.loss_gamma2) == (0.07, 300, 1.5, 0.01, 300, 0.5)
     assert (c.fallback_gamma, c.fallback_weight, c.lr_schedule) == (1.1, 0.01, "cosine")
-    assert c.device == "cpu" and c.dtype == "float32"
+    assert c.device == "auto" and c.dtype == "float32"
 
 
 @pytest.mark.parametrize(

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from .alignment.components import ComponentResult
+from .devices import resolve_device
 from .errors import ConfigError, InputError
 from .frontend.images import LoadedImage, collect_image_paths, load_images, photo_frames
 from .scene import Scene
@@ -83,7 +84,7 @@ def reconstruct(
     size: int | None = None,
     cache_dir: str | os.PathLike[str] | None = None,
     overwrite_cache: bool = False,
-    device: str = "cpu",
+    device: str = "auto",
     batch_size: int = 4,
     desc_conf: str = "desc_conf",
     autocast: str | None = None,
@@ -107,7 +108,8 @@ def reconstruct(
         size: network image size (long side); default 512, or 224 for a 224 checkpoint.
         cache_dir: on-disk cache of the network predictions (bound to the checkpoint: another checkpoint's folder
             raises :class:`~sparsega.errors.CacheError` unless ``overwrite_cache``).
-        device: ``"cpu"`` or ``"cuda[:k]"`` for the network (when loading a path) and the alignment.
+        device: for the network (when loading a path) and the alignment: ``"auto"`` (CUDA, else MPS, else CPU;
+            logged once, stored in the report's config), ``"cpu"``, ``"cuda[:k]"`` or ``"mps"``.
         batch_size, desc_conf, autocast: see :func:`~sparsega.frontend.inference.run_pairs`.
         known_intrinsics: ``{path: K (3, 3)}`` in ORIGINAL image pixels (mapped to network pixels here).
         known_poses: ``{path: cam2w (4, 4)}`` (OpenCV convention, any frame and scale).
@@ -135,6 +137,7 @@ def reconstruct(
     from .frontend.model import load_checkpoint
     from .frontend.pairs import make_pairs, parse_scene_graph
 
+    device = resolve_device(device)
     cfg = (config or AlignConfig()).replace(device=device, progress=progress, **align_overrides)
     parse_scene_graph(scene_graph)  # fail on a bad name before any work
     if executor not in ("local", "ray"):

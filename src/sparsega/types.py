@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from .devices import check_device
 from .errors import ConfigError, InputError
 
 CANONICAL_MODES = ("avg-angle", "avg-reldepth")
@@ -177,7 +178,7 @@ class AlignConfig:
     opt_pp: bool = True
     opt_depth: bool = True
     clean_depth: bool = True
-    device: str = "cpu"
+    device: str = "auto"  # see sparsega.devices: CUDA, else MPS, else CPU; resolved by align()
     dtype: str = "float32"
     pose_init: str = "procrustes"
     loss_backend: str = "auto"
@@ -231,10 +232,11 @@ class AlignConfig:
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise bad(name, f"must be one of {', '.join(allowed)}")
-        if not (self.device == "cpu" or str(self.device).startswith("cuda")):
-            raise bad("device", "must be 'cpu' or 'cuda[:k]'")
-        if self.loss_backend == "kernel" and self.device != "cpu":
-            raise bad("loss_backend", "the compiled kernel runs on CPU only; use 'autograd' or 'auto' on CUDA")
+        object.__setattr__(self, "device", check_device(self.device))
+        if self.loss_backend == "kernel" and self.device not in ("cpu", "auto"):
+            raise bad("loss_backend", "the compiled kernel runs on CPU only; use 'autograd' or 'auto' on a GPU")
+        if self.device == "mps" and self.dtype == "float64":
+            raise bad("dtype", "Apple MPS has no float64; use float32 on 'mps'")
 
     def replace(self, **overrides: Any) -> AlignConfig:
         """A copy with some fields changed; unknown names raise :class:`ConfigError`."""

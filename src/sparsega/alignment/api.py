@@ -23,6 +23,7 @@ from typing import Any, Literal, overload
 import numpy as np
 import torch
 
+from ..devices import resolve_device
 from ..errors import ConfigError, InputError
 from ..scene import Scene
 from ..types import AlignConfig, PairPrediction
@@ -136,6 +137,7 @@ def align(
             **overrides,
         )
     cfg = (config or AlignConfig()).replace(**overrides) if overrides else (config or AlignConfig())
+    cfg = cfg.replace(device=resolve_device(cfg.device))  # "auto" -> the device used, as recorded in the report
     with _torch_threads(1):
         return _align(
             predictions,
@@ -182,6 +184,7 @@ def align_components(
     if isolated not in ISOLATED_MODES:
         raise ConfigError(f"isolated={isolated!r}: must be one of {', '.join(ISOLATED_MODES)}")
     cfg = (config or AlignConfig()).replace(**overrides) if overrides else (config or AlignConfig())
+    cfg = cfg.replace(device=resolve_device(cfg.device))
     with _torch_threads(1):
         return _align_components(
             predictions, cfg, images, image_paths, n_images, link, isolated, known_intrinsics, known_poses

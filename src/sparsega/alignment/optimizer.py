@@ -30,6 +30,7 @@ import numpy as np
 import torch
 from scipy.spatial.transform import Rotation
 
+from ..devices import resolve_device
 from ..errors import ConfigError
 from ..types import AlignConfig
 from .kernels.common import KERNEL_GAMMAS, LOCK
@@ -48,7 +49,7 @@ def resolve_backend(config: AlignConfig) -> str:
     """The match-loss implementation for ``config.loss_backend`` on ``config.device``: ``"auto"`` is the compiled
     kernel on CPU when the loss gammas have a compiled form, the autograd path otherwise (CUDA)."""
     want = config.loss_backend
-    on_cpu = torch.device(config.device).type == "cpu"
+    on_cpu = resolve_device(config.device) == "cpu"
     gammas_ok = all(float(g) in KERNEL_GAMMAS for g in (config.loss_gamma1, config.loss_gamma2))
     if want == "auto":
         return "kernel" if on_cpu and gammas_ok else "autograd"

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..devices import resolve_device
 from ..errors import InputError
 from ..types import AlignConfig, PairPrediction
 from . import canonical, kinematic
@@ -146,7 +147,7 @@ def build_problem(
     preds = PairView(predictions, n_images)
     n, shapes, meta = preds.n, preds.shapes, preds.meta
     s = config.subsample
-    dev, dt = torch.device(config.device), config.torch_dtype
+    dev, dt = torch.device(resolve_device(config.device)), config.torch_dtype
 
     own: dict[int, list[tuple[int, str]]] = {k: [] for k in range(n)}  # image -> [(pred idx, which)]
     for k, p in enumerate(meta):

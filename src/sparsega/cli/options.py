@@ -12,6 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from ..devices import DEVICE_HELP
 from ..errors import ConfigError, InputError
 from ..evaluate import evaluate_scene
 from ..io.camera_files import load_ground_truth
@@ -111,7 +112,7 @@ def add_align(p: argparse.ArgumentParser, scene_graph: bool = True) -> None:
         help="threads of the compiled alignment kernels (1; 0 = torch's count); results do not depend on it",
     )
     g.add_argument("--shared-intrinsics", action="store_true", default=None, help="one camera for all images")
-    g.add_argument("--device", metavar="DEV", help="cpu or cuda[:k] (cpu)")
+    g.add_argument("--device", metavar="DEV", help=DEVICE_HELP + " (auto)")
     g.add_argument("--dtype", choices=DTYPES, help="optimisation precision (float32)")
 
 
