@@ -96,6 +96,7 @@ def reconstruct(
     workers: int = 2,
     config: AlignConfig | None = None,
     components: bool = False,
+    retrieval: str = "encoder",
     **align_overrides: Any,
 ) -> Scene | ComponentResult:
     """Reconstruct a scene from photos with a MASt3R (or DUSt3R) network and sparse global alignment.
@@ -122,6 +123,8 @@ def reconstruct(
         workers: Ray workers.
         config, align_overrides: alignment settings (:class:`AlignConfig` fields); ``subsample`` also sets the
             matching seed spacing.
+        retrieval: the image similarity of ``retrieval-*`` scene graphs (:mod:`~sparsega.frontend.retrieval`):
+            ``"encoder"`` (the network's own tokens; one extra encoder pass per image) or ``"sift"``.
         components: as :func:`~sparsega.alignment.api.align`: False raises
             :class:`~sparsega.errors.GraphError` when the photos split into unconnected groups, True returns a
             :class:`~sparsega.alignment.components.ComponentResult` (one Scene per group).
@@ -135,11 +138,14 @@ def reconstruct(
     from .frontend.cache import CacheDir
     from .frontend.inference import run_pairs
     from .frontend.model import load_checkpoint
-    from .frontend.pairs import make_pairs, parse_scene_graph
+    from .frontend.pairs import make_pairs, needs_similarity, parse_scene_graph
+    from .frontend.retrieval import SIMILARITIES, image_similarity
 
     device = resolve_device(device)
     cfg = (config or AlignConfig()).replace(device=device, progress=progress, **align_overrides)
     parse_scene_graph(scene_graph)  # fail on a bad name before any work
+    if retrieval not in SIMILARITIES:
+        raise ConfigError(f"retrieval={retrieval!r}: must be one of {', '.join(SIMILARITIES)}")
     if executor not in ("local", "ray"):
         raise ConfigError(f"executor={executor!r}: must be 'local' or 'ray'")
     if executor == "ray":
@@ -170,7 +176,8 @@ def reconstruct(
     k_orig = _known(known_intrinsics, index, n, "known_intrinsics")
     k_net = {k: images[k].intrinsics_from_original(K) for k, K in k_orig.items()}
     poses = _known(known_poses, index, n, "known_poses")
-    pairs = make_pairs(n, scene_graph)
+    similarity = image_similarity(images, retrieval, net) if needs_similarity(scene_graph) and n > 1 else None
+    pairs = make_pairs(n, scene_graph, similarity=similarity)
     timings["load"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()

@@ -9,7 +9,8 @@ from .. import sim
 from ..alignment.api import align
 from ..errors import ConfigError
 from ..evaluate import evaluate_by_index
-from ..frontend.pairs import make_pairs, parse_scene_graph
+from ..frontend.pairs import make_pairs, needs_similarity, parse_scene_graph
+from ..frontend.retrieval import sift_similarity
 from . import options
 
 DEFAULTS = {"kind": "orbit", "n_views": 8, "height": 192, "width": 256, "seed": 0, "scene_graph": "complete"}
@@ -44,7 +45,8 @@ def run(args: argparse.Namespace) -> int:
     gt = sim.make_scene(args.kind, n_views=args.n_views, height=args.height, width=args.width, seed=args.seed)
     t["synthetic_scene"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    preds = sim.simulate_predictions(gt, make_pairs(args.n_views, graph), seed=args.seed)
+    similarity = sift_similarity(gt.images) if needs_similarity(graph) else None
+    preds = sim.simulate_predictions(gt, make_pairs(args.n_views, graph, similarity=similarity), seed=args.seed)
     t["simulate_predictions"] = time.perf_counter() - t0
     names = [f"view_{k:03d}.png" for k in range(args.n_views)]
     paths = [str(out.resolve() / "images" / n) for n in names]

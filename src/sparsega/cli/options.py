@@ -79,7 +79,7 @@ def add_align(p: argparse.ArgumentParser, scene_graph: bool = True) -> None:
             "--scene-graph",
             metavar="NAME",
             default=None,
-            help="complete, swin[-k][-noncyclic], logwin[-k][-noncyclic], oneref[-i]",
+            help="complete, swin[-k][-noncyclic], logwin[-k][-noncyclic], oneref[-i], retrieval[-Na]-k, A+B",
         )
     g.add_argument("--subsample", type=int, metavar="N", help="match/anchor grid step in pixels (8)")
     g.add_argument("--matching-conf-thr", type=float, metavar="X", help="pair trusted above this match conf (5.0)")

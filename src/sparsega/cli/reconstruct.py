@@ -10,6 +10,7 @@ from typing import Any
 from ..errors import InputError
 from ..frontend.images import collect_image_paths
 from ..frontend.pairs import parse_scene_graph
+from ..frontend.retrieval import SIMILARITIES
 from ..io.camera_files import load_ground_truth, load_intrinsics_file, match_image_names
 from ..pipeline import reconstruct
 from . import options
@@ -38,6 +39,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "pip install 'sparsega[ray]'",
     )
     p.add_argument("--workers", type=int, default=2, metavar="N", help="Ray workers (with --ray; default 2)")
+    p.add_argument(
+        "--retrieval",
+        choices=SIMILARITIES,
+        default="encoder",
+        help="image similarity of retrieval-* scene graphs (encoder: the network's tokens; sift)",
+    )
     options.add_output(p)
     options.add_align(p)
     options.add_known(p)
@@ -68,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
         poses = load_ground_truth(args.poses)
         kw["known_poses"] = match_image_names({k: v["cam2w"] for k, v in poses.items()}, paths, args.poses)
     t0 = time.perf_counter()
-    result = reconstruct(paths, str(ckpt), scene_graph=graph, components=True, **kw)
+    result = reconstruct(paths, str(ckpt), scene_graph=graph, components=True, retrieval=args.retrieval, **kw)
     t = {"reconstruct": time.perf_counter() - t0}
     summary = options.write(
         args,
