@@ -105,3 +105,29 @@ def test_encoder_similarity_mechanics():
         images = load_images(paths, size=64)
     S = encoder_similarity(net, images)
     assert S.shape == (3, 3) and np.allclose(S, S.T) and np.allclose(np.diag(S), 1)
+
+
+def test_sift_retrieval_finds_covisible_pairs_in_a_shuffled_collection():
+    """8 orbit views in a shuffled order: a window over the file order pairs unrelated views, while the SIFT
+    retrieval pairs views that truly overlap (ground-truth co-visibility from the exact depth maps)."""
+    n = 10
+    gt = sim.make_scene("orbit", n_views=n, height=192, width=256, seed=3)
+    perm = np.random.default_rng(0).permutation(n)
+    images = [gt.images[k] for k in perm]
+
+    def overlap(a: int, b: int) -> float:  # share of view a's grid points seen by view b at the right depth
+        P = gt.points(a)[4::8, 4::8].reshape(-1, 3)
+        uv, z = gt.project(b, P)
+        h, w = gt.depthmaps[b].shape
+        ok = (z > 0) & (uv[:, 0] >= 0) & (uv[:, 0] < w) & (uv[:, 1] >= 0) & (uv[:, 1] < h)
+        u = np.clip(np.round(uv[:, 0]).astype(int), 0, w - 1)
+        v = np.clip(np.round(uv[:, 1]).astype(int), 0, h - 1)
+        return float((ok & (np.abs(gt.depthmaps[b][v, u] - z) < 0.02 * z)).mean())
+
+    def precision(pairs) -> float:
+        good = [min(overlap(perm[a], perm[b]), overlap(perm[b], perm[a])) > 0.3 for a, b in _edges(pairs)]
+        return float(np.mean(good))
+
+    retrieved = make_pairs(n, "retrieval-2", similarity=sift_similarity(images), symmetrize=False)
+    window = make_pairs(n, "swin-2-noncyclic", symmetrize=False)
+    assert precision(retrieved) >= 0.8 > precision(window) + 0.2, (precision(retrieved), precision(window))
