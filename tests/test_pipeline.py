@@ -109,3 +109,14 @@ def test_bad_options_fail_before_any_work(net: MASt3RNet, paths: list[str], monk
     with pytest.raises(ConfigError, match="checkpoint path|pip install"):
         sparsega.reconstruct(paths, net, "complete", size=64, executor="ray")
     assert counter.encode_calls == 0
+
+
+@pytest.mark.parametrize("retrieval", ["encoder", "sift"])
+def test_retrieval_graph_end_to_end(net: MASt3RNet, paths: list[str], retrieval: str) -> None:
+    """A retrieval graph runs the pairs its similarity selects (connected by construction) and aligns them."""
+    scene = sparsega.reconstruct(paths, net, "retrieval-1", size=64, retrieval=retrieval, **FAST)
+    assert scene.n_images == 3 and np.isfinite(scene.cam2w).all()
+    assert scene.info["inference"]["scene_graph"] == "retrieval-1"
+    assert 2 <= scene.info["stats"]["n_pairs"] <= 3  # each image's nearest + the spanning tree
+    with pytest.raises(ConfigError, match="retrieval"):
+        sparsega.reconstruct(paths, net, "retrieval-1", size=64, retrieval="colour", **FAST)
