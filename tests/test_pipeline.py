@@ -120,3 +120,24 @@ def test_retrieval_graph_end_to_end(net: MASt3RNet, paths: list[str], retrieval:
     assert 2 <= scene.info["stats"]["n_pairs"] <= 3  # each image's nearest + the spanning tree
     with pytest.raises(ConfigError, match="retrieval"):
         sparsega.reconstruct(paths, net, "retrieval-1", size=64, retrieval="colour", **FAST)
+
+
+def test_extend_a_saved_reconstruction(net: MASt3RNet, tmp_path: Path) -> None:
+    """Photos added to a saved output: the old cameras are kept exactly, the union is written, the network only
+    runs the pairs that touch a new photo; bad requests are clear errors."""
+    from sparsega import cli
+
+    (tmp_path / "photos").mkdir()
+    photos = write_images(tmp_path / "photos", [(96, 128)] * 5, seed=7)
+    old_out, new_out = tmp_path / "old", tmp_path / "new"
+    fast = ["--image-size", "64", "--niter1", "15", "--niter2", "15", "--quiet", "-c", str(GOLDEN / "model_tiny_a.pth")]
+    assert cli.main(["reconstruct", *photos[:3], "--scene-graph", "complete", "-o", str(old_out), *fast]) == 0
+    old = sparsega.Scene.load(old_out / "scene")
+    assert cli.main(["reconstruct", *photos[3:], "--extend", str(old_out), "--scene-graph", "complete", "-o",
+                     str(new_out), *fast]) == 0  # fmt: skip
+    union = sparsega.Scene.load(new_out / "scene")
+    assert union.n_images == 5 and union.image_paths[:3] == old.image_paths
+    np.testing.assert_array_equal(union.cam2w[:3], old.cam2w)
+    assert union.info["inference"]["n_pairs"] == 7  # complete over 5 photos, minus the 3 old-old pairs
+    with pytest.raises(InputError, match="no new photo"):
+        sparsega.reconstruct(photos[:3], net, "complete", size=64, extend=old_out, **FAST)

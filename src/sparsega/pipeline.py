@@ -32,6 +32,23 @@ logger = logging.getLogger(__name__)
 DEFAULT_SIZE = 512
 
 
+def _old_scene(extend: Any, known_intrinsics: Any, known_poses: Any) -> Scene | None:
+    """The scene to extend (a Scene or an output folder), its photos checked to exist."""
+    if extend is None:
+        return None
+    if known_intrinsics or known_poses:
+        raise ConfigError("extend: known cameras are not supported when adding photos to a saved scene")
+    if isinstance(extend, Scene):
+        old = extend
+    else:
+        folder = Path(extend)
+        old = Scene.load(folder / "scene" if (folder / "scene").is_dir() else folder)
+    missing = [p for p in old.image_paths if not os.path.isfile(p)]
+    if missing:
+        raise InputError(f"extend: the saved scene's photo {missing[0]} is not there (its photos are re-read)")
+    return old
+
+
 def _dedupe(images: list[LoadedImage]) -> tuple[list[LoadedImage], dict[str, int]]:
     """Drop images whose content repeats an earlier one (warning); map every given path to its kept index."""
     kept: list[LoadedImage] = []
@@ -97,6 +114,7 @@ def reconstruct(
     config: AlignConfig | None = None,
     components: bool = False,
     retrieval: str = "encoder",
+    extend: Scene | str | os.PathLike[str] | None = None,
     **align_overrides: Any,
 ) -> Scene | ComponentResult:
     """Reconstruct a scene from photos with a MASt3R (or DUSt3R) network and sparse global alignment.
@@ -125,6 +143,9 @@ def reconstruct(
             matching seed spacing.
         retrieval: the image similarity of ``retrieval-*`` scene graphs (:mod:`~sparsega.frontend.retrieval`):
             ``"encoder"`` (the network's own tokens; one extra encoder pass per image) or ``"sift"``.
+        extend: a saved reconstruction (a Scene, or an output folder holding ``scene/``) to add the photos to:
+            its photos are paired with the new ones (``scene_graph`` over old + new, keeping the pairs that touch a
+            new photo), its cameras stay fixed, and the union is returned (:mod:`~sparsega.alignment.extend`).
         components: as :func:`~sparsega.alignment.api.align`: False raises
             :class:`~sparsega.errors.GraphError` when the photos split into unconnected groups, True returns a
             :class:`~sparsega.alignment.components.ComponentResult` (one Scene per group).
@@ -171,13 +192,22 @@ def reconstruct(
     if size is None:
         size = 224 if max(net.img_size) <= 224 else DEFAULT_SIZE
     paths = collect_image_paths(image_paths)
-    images, index = _dedupe(load_images(paths, size=size))
+    old = _old_scene(extend, known_intrinsics, known_poses)
+    old_paths = list(old.image_paths) if old is not None else []
+    images, index = _dedupe(load_images(old_paths + [p for p in paths if p not in old_paths], size=size))
     n = len(images)
+    n_old = len(old_paths)
+    if old is not None and [im.true_shape for im in images[:n_old]] != [d.shape for d in old.depthmaps]:
+        raise InputError("the saved scene's photos load at other network sizes than it was made with (--image-size)")
+    if old is not None and n == n_old:
+        raise InputError("no new photo to add: every input is already in the saved scene")
     k_orig = _known(known_intrinsics, index, n, "known_intrinsics")
     k_net = {k: images[k].intrinsics_from_original(K) for k, K in k_orig.items()}
     poses = _known(known_poses, index, n, "known_poses")
     similarity = image_similarity(images, retrieval, net) if needs_similarity(scene_graph) and n > 1 else None
     pairs = make_pairs(n, scene_graph, similarity=similarity)
+    if old is not None:  # only the pairs that touch a new photo go through the network
+        pairs = pairs[pairs.max(axis=1) >= n_old]
     timings["load"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
@@ -220,16 +250,23 @@ def reconstruct(
     timings["inference"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    result = align(
-        preds,
-        cfg,
-        images=[im.rgb for im in images],
-        image_paths=[im.path for im in images],
-        n_images=n,
-        known_intrinsics=k_net or None,
-        known_poses=poses or None,
-        components=components,
-    )
+    if old is not None:
+        from .alignment.extend import align_extend
+
+        result: Any = align_extend(
+            old, preds, cfg, images=[im.rgb for im in images[n_old:]], image_paths=[im.path for im in images[n_old:]]
+        )
+    else:
+        result = align(
+            preds,
+            cfg,
+            images=[im.rgb for im in images],
+            image_paths=[im.path for im in images],
+            n_images=n,
+            known_intrinsics=k_net or None,
+            known_poses=poses or None,
+            components=components,
+        )
     timings["align"] = time.perf_counter() - t0
     inference = {
         **stats,
@@ -256,8 +293,8 @@ def reconstruct(
         timings["inference"],
         timings["align"],
     )
-    if isinstance(result, Scene):
-        return finish(result)
+    if isinstance(result, Scene):  # an extended scene, or align without components
+        return ComponentResult([finish(result)], []) if components else finish(result)
     return ComponentResult([finish(sc) for sc in result.scenes], result.unregistered)
 
 

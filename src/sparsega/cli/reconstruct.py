@@ -40,6 +40,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--workers", type=int, default=2, metavar="N", help="Ray workers (with --ray; default 2)")
     p.add_argument(
+        "--extend",
+        metavar="OLD_OUT",
+        help="add the photos to the reconstruction saved in OLD_OUT (its cameras stay fixed); writes the union to -o",
+    )
+    p.add_argument(
         "--retrieval",
         choices=SIMILARITIES,
         default="encoder",
@@ -75,6 +80,8 @@ def run(args: argparse.Namespace) -> int:
         poses = load_ground_truth(args.poses)
         kw["known_poses"] = match_image_names({k: v["cam2w"] for k, v in poses.items()}, paths, args.poses)
     t0 = time.perf_counter()
+    if args.extend:
+        kw["extend"] = args.extend
     result = reconstruct(paths, str(ckpt), scene_graph=graph, components=True, retrieval=args.retrieval, **kw)
     t = {"reconstruct": time.perf_counter() - t0}
     summary = options.write(
