@@ -20,6 +20,7 @@ import os
 import platform
 import resource
 import time
+from pathlib import Path
 
 
 def main() -> None:
@@ -27,8 +28,9 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=64)
     ap.add_argument("--traj", default="walk", choices=["walk", "orbit", "hemisphere"])
     ap.add_argument("--graph", default="swin-3")
-    ap.add_argument("--size", type=int, nargs=2, default=None, help="H W (default 192 256, 96 128 for N > 256)")
-    ap.add_argument("--optimizer", default="adam", choices=["adam"])
+    ap.add_argument(
+        "--size", type=int, nargs=2, default=[384, 512], help="H W (default: the network's 384 512 at every N)"
+    )
     ap.add_argument("--pose-init", default="procrustes", choices=["procrustes", "identity"])
     ap.add_argument("--kinematic-mode", default="hclust-ward")
     ap.add_argument("--niter", type=int, nargs=2, default=[300, 300])
@@ -53,7 +55,7 @@ def main() -> None:
     from sparsega import align, metrics, sim
     from sparsega.frontend.pairs import make_pairs, unique_pairs
 
-    h, w = args.size or ((192, 256) if args.n <= 256 else (96, 128))
+    h, w = args.size
     t0 = time.perf_counter()
     sc = sim.make_scene(args.traj, n_views=args.n, height=h, width=w, seed=args.seed)
     t_render = time.perf_counter() - t0
@@ -77,8 +79,11 @@ def main() -> None:
                 save_pair(store, key, lazy[k])
             entries.append((i, j, key, False))
         preds = CachedPredictions(store, entries)
+        root = Path(args.cache_dir or tmp.name)
+        cache_bytes = sum(p.stat().st_size for p in root.rglob("*") if p.is_file())
     else:
         preds = lazy
+        cache_bytes = 0
     t_sim = time.perf_counter() - t0
     t0 = time.perf_counter()
     scene = align(
@@ -89,7 +94,6 @@ def main() -> None:
         clean_depth=False,
         pose_init=args.pose_init,
         kinematic_mode=args.kinematic_mode,
-        optimizer=args.optimizer,
         loss_backend=args.backend,
     )
     wall = time.perf_counter() - t0
@@ -110,6 +114,7 @@ def main() -> None:
         "render_s": round(t_render, 2),
         "source": args.source,
         "simulate_s": round(t_sim, 2),
+        "cache_bytes_per_pair": int(cache_bytes / max(len(lazy), 1)),
         "loss_backend": args.backend,
         "stage_s": {k: round(v, 2) for k, v in tim.items()},
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
@@ -118,7 +123,6 @@ def main() -> None:
         "ate_rel": round(float(m["ate_rel"]), 5),
         "rra5": round(float(m["rra5"]), 4),
         "focal_err_med": round(float(m["focal_err_med"]), 5),
-        "optimizer": args.optimizer,
         "pose_init": args.pose_init,
         "kinematic_mode": args.kinematic_mode,
         "threads": torch.get_num_threads(),
