@@ -30,3 +30,8 @@ class GraphError(SparsegaError):
 
 class CacheError(SparsegaError):
     """A cache folder that cannot be used (e.g. written by another checkpoint)."""
+
+
+def one_line(msg: object) -> str:
+    """``msg`` as one line of text (whitespace runs collapsed), for error messages and the CLI."""
+    return " ".join(str(msg).split()) or "unknown error"

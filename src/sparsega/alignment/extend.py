@@ -70,25 +70,22 @@ def align_extend(
         known_intrinsics={pos[k]: scene.intrinsics[k].astype(np.float64) for k in old_used},
     )
 
-    def pick(old_value: Any, k: int, new_value: Any) -> Any:
-        keep = k < n_old and (fix_old or k not in pos)
-        return old_value if keep else new_value
+    # where each view of the union comes from: the old scene (kept as it was) or the new alignment
+    src = [(scene, k) if k < n_old and (fix_old or k not in pos) else (sub, pos[k]) for k in range(n_total)]
 
-    views = range(n_total)
+    def union(field: str) -> list[Any]:
+        return [getattr(s, field)[i] for s, i in src]
+
     sizes = scene.original_sizes
     new_sizes = [[d.shape[1], d.shape[0]] for d in sub.depthmaps]
     return Scene(
-        cam2w=np.stack([pick(scene.cam2w[k] if k < n_old else None, k, sub.cam2w[pos.get(k, 0)]) for k in views]),
-        intrinsics=np.stack(
-            [pick(scene.intrinsics[k] if k < n_old else None, k, sub.intrinsics[pos.get(k, 0)]) for k in views]
-        ),  # fmt: skip
-        depthmaps=[pick(scene.depthmaps[k] if k < n_old else None, k, sub.depthmaps[pos.get(k, 0)]) for k in views],
-        confidences=[
-            pick(scene.confidences[k] if k < n_old else None, k, sub.confidences[pos.get(k, 0)]) for k in views
-        ],  # fmt: skip
-        images=[scene.images[k] if k < n_old else sub.images[pos[k]] for k in views],
-        image_paths=[scene.image_paths[k] if k < n_old else sub.image_paths[pos[k]] for k in views],
-        sparse_xy=[pick(scene.sparse_xy[k] if k < n_old else None, k, sub.sparse_xy[pos.get(k, 0)]) for k in views],
+        cam2w=np.stack(union("cam2w")),
+        intrinsics=np.stack(union("intrinsics")),
+        depthmaps=union("depthmaps"),
+        confidences=union("confidences"),
+        sparse_xy=union("sparse_xy"),
+        images=[scene.images[k] if k < n_old else sub.images[pos[k]] for k in range(n_total)],
+        image_paths=[scene.image_paths[k] if k < n_old else sub.image_paths[pos[k]] for k in range(n_total)],
         net_to_orig=np.concatenate([scene.net_to_orig, np.tile(np.eye(3), (len(new), 1, 1))]),
         original_sizes=None if sizes is None else np.concatenate([sizes, [new_sizes[pos[k]] for k in new]]),
         info={

@@ -212,12 +212,6 @@ class TwinLosses:
         d = gather(anchor_depth, 0, self.anchor) * (1 + self.off_m1 * r[15])
         return to_world(r, self.x, self.y, d), r
 
-    def anchor_points(self, table: Tensor, anchor_depth: Tensor, idx: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """World coordinates of anchors ``idx (L,)`` (anchors have canonical offset 1)."""
-        r = camera_rows(table, self.p.anchor_img[idx])
-        xy = self.p.anchor_xy[idx]
-        return to_world(r, xy[:, 0].contiguous(), xy[:, 1].contiguous(), anchor_depth[idx])
-
     def loss_3d(self, table: Tensor, anchor_depth: Tensor, gamma: float) -> Tensor:
         """Stage 1: confidence-weighted robust distance between the two 3D points of each trusted match."""
         k = self.k

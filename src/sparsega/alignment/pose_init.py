@@ -150,10 +150,10 @@ def average_pairwise_poses(
     averaging (block updates ``R_j = proj(sum w R_i R_ij)`` from the chained start). Drift along a long sequence
     is then spread over every overlapping pair rather than accumulated along the tree. Same outputs as
     :func:`chain_pairwise_poses` (root at the identity, root size 1)."""
-    R0, _, _ = chain_pairwise_poses(preds, n, root, edges, cdata, subsample, step)
+    R0, C0, logs0 = chain_pairwise_poses(preds, n, root, edges, cdata, subsample, step)
     use = [k for k, m in enumerate(preds.meta) if m.i != m.j and weights[k] > 0]
     if not use:
-        return chain_pairwise_poses(preds, n, root, edges, cdata, subsample, step)
+        return R0, C0, logs0
     ei = np.array([preds.meta[k].i for k in use])
     ej = np.array([preds.meta[k].j for k in use])
     w = np.asarray([weights[k] for k in use], np.float64)

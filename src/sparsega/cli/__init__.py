@@ -17,7 +17,7 @@ import traceback
 from collections.abc import Sequence
 
 from .. import __version__
-from ..errors import SparsegaError
+from ..errors import SparsegaError, one_line
 from . import align_cache, demo, files, options, reconstruct
 
 PROG = "sparsega"
@@ -43,7 +43,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
     except options.UsageError as e:
-        sys.stderr.write(f"{PROG}: error: {options.one_line(e)}\n")
+        sys.stderr.write(f"{PROG}: error: {one_line(e)}\n")
         return 2
     except SystemExit as e:  # --help / --version
         return int(e.code or 0) if isinstance(e.code, int) or e.code is None else 2
@@ -54,7 +54,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SparsegaError as e:
         if debug:
             traceback.print_exc()
-        sys.stderr.write(f"{PROG}: error: {options.one_line(e)}\n")
+        sys.stderr.write(f"{PROG}: error: {one_line(e)}\n")
         return 2
     except KeyboardInterrupt:
         sys.stderr.write(f"{PROG}: interrupted\n")
@@ -63,7 +63,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if debug:
             traceback.print_exc()
         sys.stderr.write(
-            f"{PROG}: internal error: {type(e).__name__}: {options.one_line(e)}"
+            f"{PROG}: internal error: {type(e).__name__}: {one_line(e)}"
             f"{'' if debug else ' (run again with --debug for the traceback)'}\n"
         )
         return 1

@@ -225,10 +225,6 @@ def metrics_table(metrics: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def one_line(msg: object) -> str:
-    return " ".join(str(msg).split()) or "unknown error"
-
-
 def progress(args: argparse.Namespace) -> bool:
     """Progress bars unless ``--quiet`` or ``--json``."""
     return not (args.quiet or args.json)

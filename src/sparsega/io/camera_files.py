@@ -13,12 +13,8 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import InputError
+from ..errors import InputError, one_line
 from .common import CV_TO_GL
-
-
-def _one_line(msg: object) -> str:
-    return " ".join(str(msg).split()) or "unknown error"
 
 
 def _read_colmap(folder: Path, needs: str) -> Any:
@@ -34,7 +30,7 @@ def _read_colmap(folder: Path, needs: str) -> Any:
     try:
         return pycolmap.Reconstruction(str(cand))
     except Exception as e:  # noqa: BLE001 - pycolmap raises various types
-        raise InputError(f"{cand}: cannot read COLMAP model ({_one_line(e)})") from None
+        raise InputError(f"{cand}: cannot read COLMAP model ({one_line(e)})") from None
 
 
 def load_intrinsics_file(path: str | os.PathLike) -> dict[str, np.ndarray]:
