@@ -109,3 +109,33 @@ def test_stage1_peak_lr_depends_on_the_start(pose_init):
     moved = step[step > 1e-6].numpy()  # (gradients near Adam's eps move by less)
     assert moved.size >= 6
     np.testing.assert_allclose(moved, want, rtol=1e-3)
+
+
+def test_stage1_check_keeps_the_run_with_the_lower_stage2_loss():
+    """stage1_check returns, bit for bit, whichever of 'with stage 1' / 'stage 2 only' ends at the lower loss.
+
+    The two starts are chosen so that each branch wins once (checked), so neither branch goes untested."""
+    import dataclasses
+
+    from sparsega import AlignConfig, sim
+    from sparsega.alignment.optimizer import _final_loss, optimize
+    from sparsega.alignment.problem import build_problem
+    from sparsega.frontend.pairs import make_pairs, unique_pairs
+
+    sc = sim.make_scene("orbit", 4, 64, 96)
+    preds = sim.simulate_predictions(sc, unique_pairs(make_pairs(4, "complete")), seed=0)
+    winners = set()
+    for pose_init in ("procrustes", "global"):
+        cfg = AlignConfig(progress=False, niter1=20, niter2=20, pose_init=pose_init, device="cpu")
+        problem = build_problem(preds, cfg)[0]
+        with_s1 = optimize(problem, cfg)
+        direct = optimize(problem, dataclasses.replace(cfg, niter1=0))
+        picked = optimize(problem, dataclasses.replace(cfg, stage1_check=True))
+        losses = (_final_loss(with_s1), _final_loss(direct))
+        assert all(np.isfinite(losses)) and losses[0] != losses[1]
+        want = with_s1 if losses[0] <= losses[1] else direct
+        winners.add("stage 1" if want is with_s1 else "direct")
+        assert torch.equal(picked.cam2w, want.cam2w)
+        assert torch.equal(picked.intrinsics, want.intrinsics)
+        assert _final_loss(picked) == min(losses)
+    assert winners == {"stage 1", "direct"}

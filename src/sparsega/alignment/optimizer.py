@@ -23,7 +23,9 @@ there is no Python loop over pairs or images, only over the depth levels of the 
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import math
 from collections.abc import Callable
 
 import numpy as np
@@ -375,6 +377,19 @@ def optimize(
 
     ``setup`` may adjust the aligner before optimising (known cameras: initial values and gradient masks).
     """
+    state = _optimize_once(problem, config, setup)
+    if config.stage1_check and config.niter1 and config.niter2 and config.pose_init != "identity":
+        direct = _optimize_once(problem, dataclasses.replace(config, niter1=0), setup)
+        a, b = _final_loss(state), _final_loss(direct)
+        log.info("stage1_check: final stage-2 loss %.6g with stage 1, %.6g without", a, b)
+        if b < a:
+            return direct
+    return state
+
+
+def _optimize_once(
+    problem: AlignProblem, config: AlignConfig, setup: Callable[[SparseAligner], None] | None
+) -> OptimState:
     aligner = SparseAligner(problem, config)
     if setup is not None:
         setup(aligner)
@@ -382,3 +397,12 @@ def optimize(
     if config.niter2 and not stages[0].stopped_non_finite:
         stages.append(aligner.run_stage(2))
     return aligner.state(stages)
+
+
+def _final_loss(state: OptimState) -> float:
+    """Last stage-2 loss, +inf when stage 2 did not run or ended non-finite (so such a run never wins)."""
+    last = state.stages[-1]
+    if not last.name.startswith("stage 2") or last.stopped_non_finite or not last.losses:
+        return math.inf
+    v = float(last.losses[-1])
+    return v if math.isfinite(v) else math.inf

@@ -35,6 +35,7 @@ ALIGN_FLAGS: dict[str, Any] = {
     "fix_intrinsics": None,
     "fix_poses": None,
     "pose_init": str,
+    "stage1_check": None,
     "lr1_procrustes": float,
     "loss_backend": str,
     "threads": int,
@@ -112,6 +113,12 @@ def add_align(p: argparse.ArgumentParser, scene_graph: bool = True) -> None:
         help="threads of the compiled alignment kernels (1; 0 = torch's count); results do not depend on it",
     )
     g.add_argument("--shared-intrinsics", action="store_true", default=None, help="one camera for all images")
+    g.add_argument(
+        "--stage1-check",
+        action="store_true",
+        default=None,
+        help="also run stage 2 without stage 1 and keep the lower final loss (best with --pose-init global)",
+    )
     g.add_argument("--device", metavar="DEV", help=DEVICE_HELP + " (auto)")
     g.add_argument("--dtype", choices=DTYPES, help="optimisation precision (float32)")
 
