@@ -377,9 +377,10 @@ def optimize(
 
     ``setup`` may adjust the aligner before optimising (known cameras: initial values and gradient masks).
     """
-    state = _optimize_once(problem, config, setup)
-    if config.stage1_check and config.niter1 and config.niter2 and config.pose_init != "identity":
-        direct = _optimize_once(problem, dataclasses.replace(config, niter1=0), setup)
+    state, warm_start = _optimize_once(problem, config, setup)
+    # skipping stage 1 only makes sense from a real start (from identity, stage 2 alone would start nowhere)
+    if config.stage1_check and config.niter1 and config.niter2 and warm_start:
+        direct, _ = _optimize_once(problem, dataclasses.replace(config, niter1=0), setup)
         a, b = _final_loss(state), _final_loss(direct)
         log.info("stage1_check: final stage-2 loss %.6g with stage 1, %.6g without", a, b)
         if b < a:
@@ -389,20 +390,21 @@ def optimize(
 
 def _optimize_once(
     problem: AlignProblem, config: AlignConfig, setup: Callable[[SparseAligner], None] | None
-) -> OptimState:
+) -> tuple[OptimState, bool]:
+    """One run of both stages; also whether it started from the pairwise poses (``SparseAligner.warm_start``)."""
     aligner = SparseAligner(problem, config)
     if setup is not None:
         setup(aligner)
     stages = [aligner.run_stage(1)]
     if config.niter2 and not stages[0].stopped_non_finite:
         stages.append(aligner.run_stage(2))
-    return aligner.state(stages)
+    return aligner.state(stages), aligner.warm_start
 
 
 def _final_loss(state: OptimState) -> float:
     """Last stage-2 loss, +inf when stage 2 did not run or ended non-finite (so such a run never wins)."""
     last = state.stages[-1]
-    if not last.name.startswith("stage 2") or last.stopped_non_finite or not last.losses:
+    if len(state.stages) < 2 or last.stopped_non_finite or not last.losses:
         return math.inf
     v = float(last.losses[-1])
     return v if math.isfinite(v) else math.inf
