@@ -378,12 +378,20 @@ def optimize(
     ``setup`` may adjust the aligner before optimising (known cameras: initial values and gradient masks).
     """
     state, warm_start = _optimize_once(problem, config, setup)
-    # skipping stage 1 only makes sense from a real start (from identity, stage 2 alone would start nowhere)
-    if config.stage1_check and config.niter1 and config.niter2 and warm_start:
+    # skipping stage 1 only makes sense from a real start (from identity, stage 2 alone would start nowhere); a run
+    # that stopped on a non-finite loss is returned as it is, so the failure stays visible in its stage records
+    finished = not any(st.stopped_non_finite for st in state.stages)
+    if config.stage1_check and config.niter1 and config.niter2 and warm_start and finished:
         direct, _ = _optimize_once(problem, dataclasses.replace(config, niter1=0), setup)
         a, b = _final_loss(state), _final_loss(direct)
-        log.info("stage1_check: final stage-2 loss %.6g with stage 1, %.6g without", a, b)
-        if b < a:
+        keep_direct = b < a * (1.0 - config.stage1_check_margin)
+        log.info(
+            "stage1_check: final stage-2 loss %.6g with stage 1, %.6g without: keeping the run %s stage 1",
+            a,
+            b,
+            "without" if keep_direct else "with",
+        )
+        if keep_direct:
             return direct
     return state
 

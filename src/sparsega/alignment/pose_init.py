@@ -1,5 +1,6 @@
-"""Stage-1 start (``pose_init="procrustes"``): pairwise relative poses from each pair's own pointmaps by weighted
-Procrustes, chained along the kinematic tree into absolute poses and sizes. The reference starts from identity
+"""Stage-1 start: pairwise relative poses from each pair's own pointmaps by weighted Procrustes, averaged over
+every trusted pair (``pose_init="global"``, the default) or chained along the kinematic tree
+(``pose_init="procrustes"``) into absolute poses and sizes. The reference starts from identity
 (``pose_init="identity"``)."""
 
 from __future__ import annotations

@@ -74,7 +74,7 @@ def add_output(p: argparse.ArgumentParser, gt: bool = True) -> None:
 
 
 def add_align(p: argparse.ArgumentParser, scene_graph: bool = True) -> None:
-    g = p.add_argument_group("alignment (defaults: the reference's)")
+    g = p.add_argument_group("alignment (defaults: the reference's except the start; see README)")
     if scene_graph:
         g.add_argument(
             "--scene-graph",
@@ -93,7 +93,8 @@ def add_align(p: argparse.ArgumentParser, scene_graph: bool = True) -> None:
     g.add_argument(
         "--pose-init",
         choices=POSE_INITS,
-        help="stage-1 start: chained pairwise Procrustes poses (procrustes) or the reference's identity",
+        help="stage-1 start: pairwise Procrustes poses averaged over all trusted pairs (global, default), "
+        "chained along the tree (procrustes) or the reference's identity",
     )
     g.add_argument(
         "--lr1-procrustes",
@@ -115,9 +116,9 @@ def add_align(p: argparse.ArgumentParser, scene_graph: bool = True) -> None:
     g.add_argument("--shared-intrinsics", action="store_true", default=None, help="one camera for all images")
     g.add_argument(
         "--stage1-check",
-        action="store_true",
+        action=argparse.BooleanOptionalAction,
         default=None,
-        help="also run stage 2 without stage 1 and keep the lower final loss (best with --pose-init global)",
+        help="also run stage 2 without stage 1 and keep that run when its final loss is clearly lower (default on)",
     )
     g.add_argument("--device", metavar="DEV", help=DEVICE_HELP + " (auto)")
     g.add_argument("--dtype", choices=DTYPES, help="optimisation precision (float32)")
