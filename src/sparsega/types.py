@@ -163,7 +163,7 @@ class AlignConfig:
     canonical_mode: str = "avg-angle"
     kinematic_mode: str = "hclust-ward"
     lr1: float = 0.07
-    # stage-1 peak lr from the chained Procrustes poses (pose_init="procrustes"); None = lr1. Measured on the public
+    # stage-1 peak lr from a pairwise start (pose_init="global" or "procrustes"); None = lr1. Measured on the public
     # shared/bench suite: lr1 (0.07) meets the reference's accuracy on every scene, 0.007 loses it on the hard orbit
     # (ATE 0.040 vs 0.0074) and 0.02 on a jumps scene. 0.007 was once chosen for an N=512 walk (earlier float32
     # engine, 192x256 simulator); not remeasured with the compiled engine
