@@ -74,7 +74,7 @@ def add_output(p: argparse.ArgumentParser, gt: bool = True) -> None:
 
 
 def add_align(p: argparse.ArgumentParser, scene_graph: bool = True) -> None:
-    g = p.add_argument_group("alignment (defaults: the reference's except the start; see README)")
+    g = p.add_argument_group("alignment (defaults: the reference's, except those the README lists)")
     if scene_graph:
         g.add_argument(
             "--scene-graph",
