@@ -263,3 +263,57 @@ def test_anchor_offsets_border_blocks_and_errors():
 
 def test_focal_base_is_60_degree_fov():
     assert focal_base(48, 64) == pytest.approx(64 / (2 * math.tan(math.radians(30))))
+
+
+# ------------------------------------------------------------------ the compiled kernel (alignment.kernels.canonical)
+@pytest.mark.parametrize("case", CASES)
+@pytest.mark.parametrize("mode,tag", MODES)
+def test_compiled_canonical_view_matches_golden_and_twin(case, mode, tag):
+    """The numba fusion on float32 input against the reference golden and the float64 torch twin (the kernel
+    computes in float64 and rounds once, so it is closer to the float64 twin than float32 allows)."""
+    from sparsega.alignment.kernels import canonical as fast
+
+    X, C = G[f"{case}_ptmaps11"].astype(np.float32), G[f"{case}_confs11"].astype(np.float32)
+    canon, canon2, confs = fast.fuse_view(X, C, S, mode)
+    assert canon.dtype == canon2.dtype == confs.dtype == np.float32
+    _close_per_array(canon.astype(np.float64), G[f"{case}_{tag}_canon"], 1e-6)
+    np.testing.assert_allclose(confs, G[f"{case}_{tag}_confs"], rtol=1e-6)
+    np.testing.assert_allclose(canon2, G[f"{case}_{tag}_canon2"], rtol=1e-5)
+    twin = canonical_view(torch.from_numpy(X).double(), torch.from_numpy(C).double(), S, mode)
+    for ours, ref in zip((canon, canon2, confs), twin):
+        _close_per_array(ours.astype(np.float64), _np(ref), 2e-7)
+    f_fast = fast.estimate_focal(canon)
+    assert f_fast == pytest.approx(float(estimate_focal(torch.from_numpy(canon).double())), rel=1e-6)
+    assert f_fast == pytest.approx(float(G[f"{case}_focal"][0]), rel=2e-6)
+
+
+def test_compiled_canonical_view_on_random_views():
+    """Parity with the float64 twin on random predictions with depth edges, several image shapes and subsamples
+    (avg-angle exercises every branch of the compiled arctangent)."""
+    from sparsega.alignment.kernels import canonical as fast
+
+    rng = np.random.default_rng(3)
+    for n, H, W, s in ((1, 16, 24, 8), (3, 32, 48, 8), (4, 24, 16, 4)):
+        base = _pinhole(H, W, 30.0).numpy()
+        X = (base[None] * rng.uniform(0.5, 3.0, (n, H, W, 1)) + rng.normal(0, 0.3, (n, H, W, 3))).astype(np.float32)
+        X[..., 2] = np.abs(X[..., 2]) + 0.1
+        C = (1 + rng.exponential(3.0, (n, H, W))).astype(np.float32)
+        for mode, _ in MODES:
+            ours = fast.fuse_view(X, C, s, mode)
+            twin = canonical_view(torch.from_numpy(X).double(), torch.from_numpy(C).double(), s, mode)
+            for a, b in zip(ours, twin):
+                _close_per_array(a.astype(np.float64), _np(b), 3e-7)
+        f_twin = float(estimate_focal(torch.from_numpy(X[0]).double()))
+        assert fast.estimate_focal(X[0]) == pytest.approx(f_twin, rel=1e-6)
+    assert math.isnan(fast.estimate_focal(np.full((8, 8, 3), np.nan, np.float32)))
+
+
+def test_compiled_arctangent():
+    from sparsega.alignment.kernels.canonical import _atan
+
+    xs = np.concatenate(
+        (np.linspace(-6, 6, 4001), np.logspace(-12, 15, 271), -np.logspace(-12, 15, 271), [0.0, np.inf, -np.inf])
+    )
+    ours = np.array([_atan(float(x)) for x in xs])
+    np.testing.assert_allclose(ours, np.arctan(xs), rtol=0, atol=4e-16)
+    assert math.isnan(_atan(math.nan))

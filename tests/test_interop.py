@@ -147,6 +147,31 @@ def test_read_exact(fake_cache: tuple[Path, dict], caplog: pytest.LogCaptureFixt
     assert "skipped 2 incomplete pair(s)" in caplog.text
 
 
+def test_pair_headers_read_no_file(fake_cache: tuple[Path, dict], monkeypatch: pytest.MonkeyPatch) -> None:
+    """The lazy sequence's headers (PairPrediction.header protocol) carry the pairs' matches and shapes without
+    touching the cache files, and PairView indexes a scene from them alone."""
+    from sparsega.alignment.inputs import PairView
+    from sparsega.io import mast3r_cache
+
+    root, expected = fake_cache
+    preds = read_mast3r_cache(root, IMAGES)
+    loads: list[object] = []
+    real = mast3r_cache._torch_load
+    monkeypatch.setattr(mast3r_cache, "_torch_load", lambda *a, **k: loads.append(a) or real(*a, **k))
+    view = PairView(preds, None)
+    assert loads == []
+    for k in range(len(preds)):
+        head = preds.pair_header(k)
+        (i, j), exp = (head.i, head.j), expected[head.i, head.j]
+        assert head.shape1 == exp["conf11"].shape and head.shape2 == exp["conf22"].shape
+        for name in ("xy1", "xy2", "match_conf"):
+            np.testing.assert_array_equal(getattr(head, name), exp[name])
+        assert head.pts11.strides == (0, 0, 0)  # placeholders: no memory behind them
+        assert (view.meta[k].i, view.meta[k].j) == (i, j) and view.shapes[i] == exp["conf11"].shape
+    assert loads == []
+    assert view[0].pts11.shape == expected[view.meta[0].i, view.meta[0].j]["pts11"].shape and len(loads) == 2
+
+
 def test_read_follows_given_order(fake_cache: tuple[Path, dict]) -> None:
     """Indices follow the order of image_paths; a subset reads only its pairs."""
     root, expected = fake_cache

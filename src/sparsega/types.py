@@ -94,6 +94,29 @@ class PairPrediction:
     def n_matches(self) -> int:
         return int(len(self.match_conf))
 
+    @staticmethod
+    def header(
+        i: int,
+        j: int,
+        shape1: tuple[int, int],
+        shape2: tuple[int, int],
+        xy1: np.ndarray,
+        xy2: np.ndarray,
+        match_conf: np.ndarray,
+        score: tuple[float, float, int] | None = None,
+    ) -> PairPrediction:
+        """A prediction with real matches but zero-stride placeholder pointmaps and confidences of the given
+        ``(H, W)`` shapes, which cost no memory. Header protocol: a lazy sequence of predictions may offer
+        ``pair_header(k)`` returning this for item ``k``, so that the alignment indexes the pairs without reading
+        their pointmaps (``sparsega.alignment.inputs.PairView``)."""
+
+        def maps(shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+            h, w = shape
+            return np.broadcast_to(np.float32(0), (h, w, 3)), np.broadcast_to(np.float32(1), (h, w))
+
+        (p1, c1), (p2, c2) = maps(shape1), maps(shape2)
+        return PairPrediction(i, j, p1, c1, p2, c2, p2, c2, p1, c1, xy1, xy2, match_conf, score)
+
     def swapped(self) -> PairPrediction:
         """The same prediction seen as pair (j, i)."""
         return PairPrediction(

@@ -47,8 +47,9 @@ class PairView:
         self.src = predictions
         seen: set[tuple[int, int]] = set()
         self.meta: list[PairMeta] = []
+        get = getattr(predictions, "pair_header", predictions.__getitem__)  # the header protocol (types.py)
         for k in range(count):
-            p = predictions[k]
+            p = get(k)
             if not isinstance(p, PairPrediction):
                 raise InputError(f"expected PairPrediction, got {type(p).__name__}")
             p.validate()

@@ -43,15 +43,13 @@ def _relative_pose(
     sl = slice(subsample // 2, None, subsample)
     sig_a = float(np.median(core_a / np.maximum(np.asarray(p.pts11)[sl, sl, 2].reshape(-1), 1e-12)))
     sig_b = float(np.median(core_b / np.maximum(np.asarray(p.pts22)[sl, sl, 2].reshape(-1), 1e-12)))
-    src = np.asarray(p.pts22, np.float64)[::step, ::step].reshape(-1, 3)
-    dst = np.asarray(p.pts21, np.float64)[::step, ::step].reshape(-1, 3)
-    w = (
-        (np.asarray(p.conf22, np.float64)[::step, ::step] * np.asarray(p.conf21, np.float64)[::step, ::step]).reshape(
-            -1
-        )
-        - 1
-        + 1e-6
-    )
+
+    def grid(x: np.ndarray) -> np.ndarray:  # subsampled first, then converted: a view of the map is read only there
+        return np.asarray(x)[::step, ::step].astype(np.float64)
+
+    src = grid(p.pts22).reshape(-1, 3)
+    dst = grid(p.pts21).reshape(-1, 3)
+    w = (grid(p.conf22) * grid(p.conf21)).reshape(-1) - 1 + 1e-6
     ok = np.isfinite(src).all(1) & np.isfinite(dst).all(1) & np.isfinite(w)
     if ok.sum() < 3:
         return np.eye(3), np.zeros(3), 1.0
@@ -62,8 +60,33 @@ def _relative_pose(
     return R_ab, sig_a * t_ab, ratio
 
 
+class PairwisePoses:
+    """The relative pose :func:`_relative_pose` of ordered image pairs ``(a, b)``, computed once each (the chain
+    and the averaging share it; (b, a) uses the pair's other decoding direction)."""
+
+    def __init__(self, preds: PairView, cdata: list[CanonicalData], subsample: int, step: int = 4) -> None:
+        self.preds, self.cdata, self.subsample, self.step = preds, cdata, subsample, step
+        self.by_pair = {(m.i, m.j): k for k, m in enumerate(preds.meta) if m.i != m.j}
+        self._memo: dict[tuple[int, int], tuple[np.ndarray, np.ndarray, float]] = {}
+
+    def __call__(self, a: int, b: int) -> tuple[np.ndarray, np.ndarray, float]:
+        if (a, b) not in self._memo:
+            by_pair, preds = self.by_pair, self.preds
+            p = preds[by_pair[a, b]] if (a, b) in by_pair else preds[by_pair[b, a]].swapped()
+            cd = self.cdata
+            self._memo[a, b] = _relative_pose(p, cd[a].core_depth, cd[b].core_depth, self.subsample, self.step)
+        return self._memo[a, b]
+
+
 def chain_pairwise_poses(
-    preds: PairView, n: int, root: int, edges: np.ndarray, cdata: list[CanonicalData], subsample: int, step: int = 4
+    preds: PairView,
+    n: int,
+    root: int,
+    edges: np.ndarray,
+    cdata: list[CanonicalData],
+    subsample: int,
+    step: int = 4,
+    poses: PairwisePoses | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Initial absolute poses and sizes by chaining pairwise relative poses (:func:`_relative_pose`) along the
     kinematic tree. A tree edge without a predicted pair (hclust trees link cluster representatives) is
@@ -73,15 +96,8 @@ def chain_pairwise_poses(
     from scipy.sparse import csr_matrix
     from scipy.sparse.csgraph import breadth_first_order
 
-    by_pair = {(m.i, m.j): k for k, m in enumerate(preds.meta) if m.i != m.j}
-    cache: dict[tuple[int, int], tuple[np.ndarray, np.ndarray, float]] = {}
-
-    def rel(a: int, b: int) -> tuple[np.ndarray, np.ndarray, float]:
-        if (a, b) not in cache:
-            p = preds[by_pair[a, b]] if (a, b) in by_pair else preds[by_pair[b, a]].swapped()
-            cache[a, b] = _relative_pose(p, cdata[a].core_depth, cdata[b].core_depth, subsample, step)
-        return cache[a, b]
-
+    rel = poses or PairwisePoses(preds, cdata, subsample, step)
+    by_pair = rel.by_pair
     ij = np.array(list(by_pair), dtype=np.int64).reshape(-1, 2)
     graph = csr_matrix((np.ones(len(ij)), (ij[:, 0], ij[:, 1])), shape=(n, n))
     R = np.tile(np.eye(3), (n, 1, 1))
@@ -151,15 +167,15 @@ def average_pairwise_poses(
     averaging (block updates ``R_j = proj(sum w R_i R_ij)`` from the chained start). Drift along a long sequence
     is then spread over every overlapping pair rather than accumulated along the tree. Same outputs as
     :func:`chain_pairwise_poses` (root at the identity, root size 1)."""
-    R0, C0, logs0 = chain_pairwise_poses(preds, n, root, edges, cdata, subsample, step)
+    rel_pose = PairwisePoses(preds, cdata, subsample, step)
+    R0, C0, logs0 = chain_pairwise_poses(preds, n, root, edges, cdata, subsample, step, rel_pose)
     use = [k for k, m in enumerate(preds.meta) if m.i != m.j and weights[k] > 0]
     if not use:
         return R0, C0, logs0
     ei = np.array([preds.meta[k].i for k in use])
     ej = np.array([preds.meta[k].j for k in use])
     w = np.asarray([weights[k] for k in use], np.float64)
-    rel = [_relative_pose(preds[k], cdata[preds.meta[k].i].core_depth, cdata[preds.meta[k].j].core_depth,
-                          subsample, step) for k in use]  # fmt: skip
+    rel = [rel_pose(int(a), int(b)) for a, b in zip(ei, ej)]
     Rij = np.stack([r[0] for r in rel])
     cij = np.stack([r[1] for r in rel])
     lij = np.log(np.array([r[2] for r in rel]))

@@ -140,6 +140,28 @@ def _anchor_pixels(h: int, w: int, s: int) -> np.ndarray:
     return np.stack((xs.ravel(), ys.ravel()), -1).astype(np.int64)
 
 
+def _fuse(
+    ptmaps: np.ndarray, confs: np.ndarray, s: int, config: AlignConfig
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
+    """Canonical view of one image from its ``(n, H, W, 3)`` pointmaps and ``(n, H, W)`` confidences (float32,
+    sanitised): ``canon (H, W, 3)``, ``canon2 (H, W)``, ``confs (H, W)`` float32 and the focal. The compiled kernel
+    (:mod:`.kernels.canonical`), or its torch twin with ``loss_backend="autograd"`` (the plain torch path)."""
+    if config.loss_backend != "autograd":
+        from .kernels import canonical as fast
+
+        canon, canon2, cconf = fast.fuse_view(ptmaps, confs, s, config.canonical_mode)
+        focal = fast.estimate_focal(canon)
+        if not np.isfinite(focal):
+            raise InputError("estimate_focal: a pointmap has no point with finite coordinates and positive depth")
+        return canon, canon2, cconf, focal
+    canon_t, canon2_t, cconf_t = canonical.canonical_view(
+        torch.from_numpy(ptmaps), torch.from_numpy(confs), subsample=s, mode=config.canonical_mode
+    )
+    focal = float(canonical.estimate_focal(canon_t))
+    f32 = np.float32
+    return canon_t.numpy().astype(f32), canon2_t.numpy().astype(f32), cconf_t.numpy().astype(f32), focal
+
+
 def build_problem(
     predictions: Sequence[PairPrediction], config: AlignConfig, n_images: int | None = None
 ) -> tuple[AlignProblem, list[CanonicalData], dict[str, Any]]:
@@ -204,21 +226,18 @@ def build_problem(
             )
             maps.append(pts)
             cfs.append(cf)
-        ptmaps = torch.from_numpy(np.stack(maps))
-        cf_t = torch.from_numpy(np.stack(cfs))
-        canon, canon2, cconf = canonical.canonical_view(ptmaps, cf_t, subsample=s, mode=config.canonical_mode)
-        focal = float(canonical.estimate_focal(canon))
-        del ptmaps, cf_t
-        canon2_np = canon2.numpy().astype(np.float32)
+        canon, canon2_np, cconf, focal = _fuse(np.stack(maps), np.stack(cfs), s, config)
+        del maps, cfs
         if not np.isfinite(canon2_np).all():
             raise InputError(f"image {k}: canonical view is not finite")
-        core = canon[s // 2 :: s, s // 2 :: s, 2].reshape(-1).numpy().astype(np.float32)
+        core = canon[s // 2 :: s, s // 2 :: s, 2].reshape(-1).astype(np.float32)
         core = np.maximum(core, np.float32(1e-6 * max(np.median(core), 1e-12)))
-        cdata.append(CanonicalData(canon2_np, cconf.numpy().astype(np.float32), focal, core))
+        cdata.append(CanonicalData(canon2_np, cconf, focal, core))
         base_focals[k] = focal
-        mean_confs[k] = float(cconf.mean())
+        mean_confs[k] = float(torch.from_numpy(cconf).mean())
         sel = side_order[side_ptr[k] : side_ptr[k + 1]]  # flat (side * M + match) positions of image k
         if len(sel):
+            canon2 = torch.from_numpy(canon2_np)
             idx, off = canonical.anchor_depth_offsets(canon2, torch.from_numpy(m_xy_flat[sel]), subsample=s)
             m_anchor.reshape(-1)[sel] = idx.numpy() + anchor_base[k]
             m_off.reshape(-1)[sel] = off.numpy()

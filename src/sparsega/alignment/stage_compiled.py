@@ -29,8 +29,10 @@ log = logging.getLogger(__name__)
 PARAMS = ("quats", "trans", "log_sizes", "log_focals", "pps", "core_depth")
 
 
-def fallback_blocks(p: AlignProblem) -> tuple[np.ndarray, ...]:
-    """The fallback targets as float64/int64 numpy arrays, cut into blocks of constant (image, reference)."""
+def fallback_blocks(p: AlignProblem) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The fallback targets as :func:`.kernels.fallback.fallback_loss_and_grad` reads them, cut into blocks of
+    constant (image, reference): ``starts (B+1,)``, ``img (B,)``, ``ref (B,)`` int64, ``fin (7, F)`` float64 rows
+    ``x, y, offm1, target x, y, z, conf`` and ``anchors (F,)`` int64."""
     anc = p.fb_anchor.cpu().numpy().astype(np.int64)
     ref = p.fb_ref.cpu().numpy().astype(np.int64)
     img = p.anchor_img.cpu().numpy()[anc].astype(np.int64)
@@ -40,18 +42,12 @@ def fallback_blocks(p: AlignProblem) -> tuple[np.ndarray, ...]:
         starts = np.r_[0, change, f].astype(np.int64)
     else:
         starts = np.zeros(1, np.int64)
-    xy = p.fb_xy.cpu().double().numpy()
-    return (
-        starts,
-        img[starts[:-1]],
-        ref[starts[:-1]],
-        np.ascontiguousarray(xy[:, 0]),
-        np.ascontiguousarray(xy[:, 1]),
-        np.ascontiguousarray(p.fb_off.cpu().double().numpy() - 1.0),
-        anc,
-        np.ascontiguousarray(p.fb_target.cpu().double().numpy()),
-        np.ascontiguousarray(p.fb_conf.cpu().double().numpy()),
-    )
+    fin = np.empty((7, f))
+    fin[0:2] = p.fb_xy.cpu().double().numpy().T
+    fin[2] = p.fb_off.cpu().double().numpy() - 1.0
+    fin[3:6] = p.fb_target.cpu().double().numpy().T
+    fin[6] = p.fb_conf.cpu().double().numpy()
+    return starts, img[starts[:-1]], ref[starts[:-1]], fin, anc
 
 
 def compiled_forward(P: dict[str, np.ndarray], consts: CameraConsts, table: np.ndarray, ad: np.ndarray) -> None:
@@ -78,7 +74,7 @@ def run_stage_compiled(
     c_arrs = (*consts.arrays(), consts.anchor_img)
     lay_arrs = al.layout.arrays if al.n_ok else None
     fb = fallback_blocks(p)
-    fb_sum = float(fb[-1].sum())
+    fb_sum = float(fb[3][6].sum())
     fb_w = cfg.fallback_weight / fb_sum if (cfg.fallback_weight and fb_sum > 0) else 0.0
     fb_gamma = float(cfg.fallback_gamma)
     fb_off = gamma_offset(fb_gamma)
@@ -125,7 +121,7 @@ def run_stage_compiled(
                     g_tab *= 1.0 / m_norm
                     g_ad *= 1.0 / m_norm
                 if fb_w:
-                    loss += fb_w * fallback.fallback_jit(table, ad, *fb, fb_gamma, fb_off, fb_w, g_tab, g_ad)
+                    loss += fb_w * fallback.fallback_loss_and_grad(table, ad, *fb, fb_gamma, fb_off, fb_w, g_tab, g_ad)
                 if not intr:
                     g_tab[:, 12:] = 0.0
                 if not math.isfinite(loss):

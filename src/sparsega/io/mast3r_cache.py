@@ -195,14 +195,22 @@ class CachedPairSequence(Sequence[PairPrediction]):
     def __init__(
         self,
         records: list[tuple[int, int, Path, Path, Path, tuple[float, float, int], np.ndarray, np.ndarray, np.ndarray]],
+        shapes: list[tuple[tuple[int, int], tuple[int, int]]],
     ) -> None:
         self._records = records
+        self._shapes = shapes  # (H, W) of image i and of image j, per pair
 
     def __len__(self) -> int:
         return len(self._records)
 
     def _load(self, k: int) -> PairPrediction:
         return _load_pair(self._records[k], lazy=True)
+
+    def pair_header(self, k: int) -> PairPrediction:
+        """Pair ``k`` without reading its files: the matches, and zero-stride placeholders of the right shapes for
+        the pointmaps (the :class:`~sparsega.types.PairPrediction` header protocol, see there)."""
+        i, j, _, _, _, score, xy1, xy2, conf = self._records[k]
+        return PairPrediction.header(i, j, *self._shapes[k], xy1, xy2, conf, score)
 
     def __getitem__(self, k):  # type: ignore[override]
         if isinstance(k, slice):
@@ -267,6 +275,7 @@ def read_mast3r_cache(
 
     preds: list[PairPrediction] = []
     records: list = []
+    shapes: list[tuple[tuple[int, int], tuple[int, int]]] = []
     incomplete: list[str] = []
     for i, j in sorted({(min(a, b), max(a, b)) for a, b in directions}):
         hi, hj = hashes[i], hashes[j]
@@ -286,7 +295,8 @@ def read_mast3r_cache(
         path_ij, path_ji = forward / hi / f"{hj}.pth", forward / hj / f"{hi}.pth"
         record = (i, j, path_ij, path_ji, corres_path, score, xy1, xy2, conf)
         pred = _load_pair(record, lazy)  # structure and shapes checked now, in both modes
-        if lazy:  # keep only the names and the matches; the maps are mapped again on access
+        if lazy:  # keep only the names, shapes and matches; the maps are mapped again on access
+            shapes.append((pred.shape1, pred.shape2))
             del pred
             records.append(record)
         else:
@@ -300,7 +310,7 @@ def read_mast3r_cache(
             "; ".join(incomplete[:10]) + ("; ..." if len(incomplete) > 10 else ""),
         )
     if lazy:
-        out: Sequence[PairPrediction] = CachedPairSequence(records)
+        out: Sequence[PairPrediction] = CachedPairSequence(records, shapes)
     else:
         out = preds
     if not len(out):
