@@ -31,18 +31,9 @@ def weighted_umeyama(src: np.ndarray, dst: np.ndarray, w: np.ndarray) -> tuple[f
     return scale, R, md - scale * R @ ms
 
 
-def _relative_pose(
-    p: PairPrediction, core_a: np.ndarray, core_b: np.ndarray, subsample: int, step: int
-) -> tuple[np.ndarray, np.ndarray, float]:
-    """Camera j of pair ``p`` in camera i's frame, in i's canonical units: ``(R, centre, size ratio)``.
-
-    A confidence-weighted Procrustes ``pts21 ~ s R pts22 + t`` places j in i's pair frame; the ratios ``sigma``
-    between canonical and pair depths convert to canonical units (centre ``sigma_i t``, size ratio
-    ``sigma_i s / sigma_j``). Degenerate input gives the identity.
-    """
-    sl = slice(subsample // 2, None, subsample)
-    sig_a = float(np.median(core_a / np.maximum(np.asarray(p.pts11)[sl, sl, 2].reshape(-1), 1e-12)))
-    sig_b = float(np.median(core_b / np.maximum(np.asarray(p.pts22)[sl, sl, 2].reshape(-1), 1e-12)))
+def pair_similarity(p: PairPrediction, step: int = 4) -> tuple[float, np.ndarray, np.ndarray] | None:
+    """Camera j of pair ``p`` in camera i's pair frame: the confidence-weighted Procrustes ``pts21 ~ s R pts22 + t``
+    on every ``step``-th pixel, as ``(s, R (3,3), t (3,))`` float64; None when fewer than 3 points are usable."""
 
     def grid(x: np.ndarray) -> np.ndarray:  # subsampled first, then converted: a view of the map is read only there
         return np.asarray(x)[::step, ::step].astype(np.float64)
@@ -52,8 +43,33 @@ def _relative_pose(
     w = (grid(p.conf22) * grid(p.conf21)).reshape(-1) - 1 + 1e-6
     ok = np.isfinite(src).all(1) & np.isfinite(dst).all(1) & np.isfinite(w)
     if ok.sum() < 3:
+        return None
+    return weighted_umeyama(src[ok], dst[ok], w[ok])
+
+
+def anchor_z(pts: np.ndarray, subsample: int) -> np.ndarray:
+    """``(A,)`` float32 depths of a pointmap ``(H, W, 3)`` at the anchors (a copy: the map may be released)."""
+    sl = slice(subsample // 2, None, subsample)
+    return np.array(np.asarray(pts)[sl, sl, 2].reshape(-1), np.float32)
+
+
+def depth_ratio(core: np.ndarray, z: np.ndarray) -> float:
+    """``sigma``: median ratio of an image's canonical anchor depths ``core (A,)`` to one prediction's ``z (A,)``."""
+    return float(np.median(core / np.maximum(z, 1e-12)))
+
+
+def _relative_pose(
+    sim: tuple[float, np.ndarray, np.ndarray] | None, sig_a: float, sig_b: float
+) -> tuple[np.ndarray, np.ndarray, float]:
+    """Camera j of a pair in camera i's frame, in i's canonical units: ``(R, centre, size ratio)``.
+
+    The pair-frame similarity ``sim`` (:func:`pair_similarity`) and the ratios ``sigma`` between canonical and pair
+    depths (:func:`depth_ratio`) give the centre ``sigma_i t`` and the size ratio ``sigma_i s / sigma_j``.
+    Degenerate input gives the identity.
+    """
+    if sim is None:
         return np.eye(3), np.zeros(3), 1.0
-    s_ab, R_ab, t_ab = weighted_umeyama(src[ok], dst[ok], w[ok])
+    s_ab, R_ab, t_ab = sim
     ratio = sig_a * s_ab / sig_b
     if not (np.isfinite(ratio) and ratio > 0 and np.isfinite(t_ab).all()):
         return np.eye(3), np.zeros(3), 1.0
@@ -62,19 +78,35 @@ def _relative_pose(
 
 class PairwisePoses:
     """The relative pose :func:`_relative_pose` of ordered image pairs ``(a, b)``, computed once each (the chain
-    and the averaging share it; (b, a) uses the pair's other decoding direction)."""
+    and the averaging share it; (b, a) uses the pair's other decoding direction).
 
-    def __init__(self, preds: PairView, cdata: list[CanonicalData], subsample: int, step: int = 4) -> None:
+    ``known`` maps ``(a, b)`` to ``(similarity, sigma_a, sigma_b)`` computed while the pair was loaded anyway
+    (``problem.build_problem`` does so for every pair in its own orientation); others are read again from
+    ``preds``."""
+
+    def __init__(
+        self,
+        preds: PairView,
+        cdata: list[CanonicalData],
+        subsample: int,
+        step: int = 4,
+        known: dict[tuple[int, int], tuple[tuple[float, np.ndarray, np.ndarray] | None, float, float]] | None = None,
+    ) -> None:
         self.preds, self.cdata, self.subsample, self.step = preds, cdata, subsample, step
         self.by_pair = {(m.i, m.j): k for k, m in enumerate(preds.meta) if m.i != m.j}
+        self.known = known or {}
         self._memo: dict[tuple[int, int], tuple[np.ndarray, np.ndarray, float]] = {}
 
     def __call__(self, a: int, b: int) -> tuple[np.ndarray, np.ndarray, float]:
         if (a, b) not in self._memo:
-            by_pair, preds = self.by_pair, self.preds
-            p = preds[by_pair[a, b]] if (a, b) in by_pair else preds[by_pair[b, a]].swapped()
-            cd = self.cdata
-            self._memo[a, b] = _relative_pose(p, cd[a].core_depth, cd[b].core_depth, self.subsample, self.step)
+            if (a, b) in self.known:
+                self._memo[a, b] = _relative_pose(*self.known[a, b])
+            else:
+                by_pair, preds, s = self.by_pair, self.preds, self.subsample
+                p = preds[by_pair[a, b]] if (a, b) in by_pair else preds[by_pair[b, a]].swapped()
+                sig_a = depth_ratio(self.cdata[a].core_depth, anchor_z(p.pts11, s))
+                sig_b = depth_ratio(self.cdata[b].core_depth, anchor_z(p.pts22, s))
+                self._memo[a, b] = _relative_pose(pair_similarity(p, self.step), sig_a, sig_b)
         return self._memo[a, b]
 
 
@@ -88,10 +120,10 @@ def chain_pairwise_poses(
     step: int = 4,
     poses: PairwisePoses | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Initial absolute poses and sizes by chaining pairwise relative poses (:func:`_relative_pose`) along the
-    kinematic tree. A tree edge without a predicted pair (hclust trees link cluster representatives) is
-    composed along the shortest path of predicted pairs. Returns ``R (N,3,3)``, centres ``C (N,3)`` (root at the
-    origin, root size 1) and ``log_sizes (N,)``.
+    """Initial absolute poses and sizes by chaining pairwise relative poses (:class:`PairwisePoses`; ``poses``
+    when given) along the kinematic tree. A tree edge without a predicted pair (hclust trees link cluster
+    representatives) is composed along the shortest path of predicted pairs. Returns ``R (N,3,3)``, centres
+    ``C (N,3)`` (root at the origin, root size 1) and ``log_sizes (N,)``.
     """
     from scipy.sparse import csr_matrix
     from scipy.sparse.csgraph import breadth_first_order
@@ -160,14 +192,15 @@ def average_pairwise_poses(
     weights: np.ndarray,
     step: int = 4,
     iters: int = 30,
+    poses: PairwisePoses | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Initial poses from ALL weighted pairs instead of a chain (``pose_init="global"``): the pairwise Procrustes
     poses of the pairs with ``weights > 0`` (one per :attr:`PairView.meta` entry, e.g. trusted match counts) are
     averaged: log sizes and centres by weighted linear least squares over the pair graph, rotations by chordal
     averaging (block updates ``R_j = proj(sum w R_i R_ij)`` from the chained start). Drift along a long sequence
     is then spread over every overlapping pair rather than accumulated along the tree. Same outputs as
-    :func:`chain_pairwise_poses` (root at the identity, root size 1)."""
-    rel_pose = PairwisePoses(preds, cdata, subsample, step)
+    :func:`chain_pairwise_poses` (root at the identity, root size 1); ``poses``: as there."""
+    rel_pose = poses or PairwisePoses(preds, cdata, subsample, step)
     R0, C0, logs0 = chain_pairwise_poses(preds, n, root, edges, cdata, subsample, step, rel_pose)
     use = [k for k, m in enumerate(preds.meta) if m.i != m.j and weights[k] > 0]
     if not use:

@@ -21,7 +21,14 @@ from ..errors import InputError
 from ..types import AlignConfig, PairPrediction
 from . import canonical, kinematic
 from .inputs import PairView, sanitize_pointmap
-from .pose_init import average_pairwise_poses, chain_pairwise_poses
+from .pose_init import (
+    PairwisePoses,
+    anchor_z,
+    average_pairwise_poses,
+    chain_pairwise_poses,
+    depth_ratio,
+    pair_similarity,
+)
 
 log = logging.getLogger(__name__)
 
@@ -216,10 +223,19 @@ def build_problem(
     cdata: list[CanonicalData] = []
     base_focals = np.zeros(n)
     mean_confs = np.zeros(n)
+    # the start's pairwise poses, from the pairs while they are loaded here: each pair's Procrustes when its first
+    # image is fused, and both images' depth ratios once their canonical views exist (pose_init.PairwisePoses)
+    warm = config.pose_init != "identity" and n > 1
+    sims: dict[int, Any] = {}
+    sigmas: dict[tuple[int, int], float] = {}
     for k in range(n):
-        maps, cfs = [], []
+        maps, cfs, own_z = [], [], []
         for pk, which in own[k]:
             p = preds[pk]
+            if warm:
+                if which == "11":
+                    sims[pk] = pair_similarity(p)
+                own_z.append(anchor_z(p.pts11 if which == "11" else p.pts22, s))
             pts, cf = (p.pts11, p.conf11) if which == "11" else (p.pts22, p.conf22)
             pts, cf = sanitize_pointmap(
                 np.asarray(pts, np.float32), np.asarray(cf, np.float32), True, f"pair ({p.i}, {p.j}) pts{which}"
@@ -233,6 +249,8 @@ def build_problem(
         core = canon[s // 2 :: s, s // 2 :: s, 2].reshape(-1).astype(np.float32)
         core = np.maximum(core, np.float32(1e-6 * max(np.median(core), 1e-12)))
         cdata.append(CanonicalData(canon2_np, cconf, focal, core))
+        for (pk, _), z in zip(own[k], own_z):
+            sigmas[pk, k] = depth_ratio(core, z)
         base_focals[k] = focal
         mean_confs[k] = float(torch.from_numpy(cconf).mean())
         sel = side_order[side_ptr[k] : side_ptr[k + 1]]  # flat (side * M + match) positions of image k
@@ -298,11 +316,14 @@ def build_problem(
         root, edges = int(tree.root), np.asarray(tree.edges, dtype=np.int64).reshape(-1, 2)
 
     init = None
-    if config.pose_init == "procrustes" and n > 1:
-        init = chain_pairwise_poses(preds, n, root, edges, cdata, s)
-    elif config.pose_init == "global" and n > 1:
-        weights = np.where(pair_ok, counts, 0).astype(np.float64)
-        init = average_pairwise_poses(preds, n, root, edges, cdata, s, weights)
+    if warm:
+        known = {(m.i, m.j): (sims[k], sigmas[k, m.i], sigmas[k, m.j]) for k, m in enumerate(meta) if m.i != m.j}
+        poses = PairwisePoses(preds, cdata, s, known=known)
+        if config.pose_init == "procrustes":
+            init = chain_pairwise_poses(preds, n, root, edges, cdata, s, poses=poses)
+        else:
+            weights = np.where(pair_ok, counts, 0).astype(np.float64)
+            init = average_pairwise_poses(preds, n, root, edges, cdata, s, weights, poses=poses)
 
     def t(x: np.ndarray, dtype: torch.dtype | None = None) -> torch.Tensor:
         return torch.as_tensor(np.ascontiguousarray(x), device=dev, dtype=dtype or dt)
