@@ -239,6 +239,10 @@ class SparseAligner:
             for lvl in range(1, len(self.levels)):
                 parent[self.levels[lvl]] = self.levels[lvl - 1][self.parent_pos[lvl]]
             order = np.concatenate(self.levels).astype(np.int64)
+            anchor_img = p.anchor_img.cpu().numpy()
+            if np.any(anchor_img[1:] < anchor_img[:-1]):
+                raise ValueError("AlignProblem anchors must be stored image by image (anchor_img non-decreasing)")
+            anchor_ptr = np.searchsorted(anchor_img, np.arange(n + 1)).astype(np.int64)
 
             def f64(t: Tensor) -> np.ndarray:
                 return t.detach().cpu().to(torch.float64).contiguous().numpy()
@@ -253,7 +257,7 @@ class SparseAligner:
                     fmax=f64(self.max_focals),
                     parent=parent,
                     order=order,
-                    anchor_img=p.anchor_img.cpu().numpy().astype(np.int64),
+                    anchor_ptr=anchor_ptr,
                 ),
             )
         return self._consts[1]

@@ -55,7 +55,7 @@ def compiled_forward(P: dict[str, np.ndarray], consts: CameraConsts, table: np.n
     camera.camera_forward_jit(
         *(P[k] for k in PARAMS),
         *consts.arrays(),
-        consts.anchor_img,
+        consts.anchor_ptr,
         table,
         ad,
     )
@@ -71,7 +71,7 @@ def run_stage_compiled(
         al._np = {k: t.detach().cpu().to(torch.float64).numpy().copy() for k, t in al._params().items()}
     P = al._np
     consts = al._camera_consts()
-    c_arrs = (*consts.arrays(), consts.anchor_img)
+    c_arrs = (*consts.arrays(), consts.anchor_ptr)
     lay_arrs = al.layout.arrays if al.n_ok else None
     fb = fallback_blocks(p)
     fb_sum = float(fb[3][6].sum())

@@ -120,7 +120,7 @@ def _camera_forward(
     fmax: np.ndarray,
     parent: np.ndarray,
     order: np.ndarray,
-    anchor_img: np.ndarray,
+    anchor_ptr: np.ndarray,
     table: np.ndarray,
     ad: np.ndarray,
 ) -> None:
@@ -140,9 +140,11 @@ def _camera_forward(
         table[i, 14] = ppn[i, 1] * imsz[i, 1]
         table[i, 15] = bf[i] / f[i]
         table[i, 16] = 1.0
-    for a in range(core.shape[0]):
-        i = anchor_img[a]
-        ad[a] = (g * s[i] * md[i]) * ((f[i] / bf[i] - 1.0) + core[a])
+    for i in range(quats.shape[0]):  # image i's anchors are anchor_ptr[i]:anchor_ptr[i + 1]
+        fa = g * s[i] * md[i]
+        fb = f[i] / bf[i] - 1.0
+        for a in range(anchor_ptr[i], anchor_ptr[i + 1]):
+            ad[a] = fa * (fb + core[a])
 
 
 def _camera_backward(
@@ -159,7 +161,7 @@ def _camera_backward(
     fmax: np.ndarray,
     parent: np.ndarray,
     order: np.ndarray,
-    anchor_img: np.ndarray,
+    anchor_ptr: np.ndarray,
     g_table: np.ndarray,
     g_ad: np.ndarray,
     g_quats: np.ndarray,
@@ -184,16 +186,20 @@ def _camera_backward(
     gtc = np.zeros((n, 3))
     goff = np.zeros((n, 3))
     gg = 0.0
-    # anchor depths: ad = FA_i (FB_i + core), FA = g s md, FB = f / bf - 1
-    for a in range(core.shape[0]):
-        i = anchor_img[a]
+    # anchor depths: ad = FA_i (FB_i + core), FA = g s md, FB = f / bf - 1; per image, over its contiguous anchors
+    for i in range(n):
         fa = g * s[i] * md[i]
-        ga = g_ad[a]
-        g_core[a] = ga * fa
-        gfa = ga * ((f[i] / bf[i] - 1.0) + core[a])
-        gg += gfa * s[i] * md[i]
-        gs[i] += gfa * g * md[i]
-        gf[i] += ga * fa / bf[i]
+        fb = f[i] / bf[i] - 1.0
+        sum_gfa = 0.0  # sum of dL/dFA
+        sum_ga = 0.0  # sum of dL/d(anchor depth)
+        for a in range(anchor_ptr[i], anchor_ptr[i + 1]):
+            ga = g_ad[a]
+            g_core[a] = ga * fa
+            sum_gfa += ga * (fb + core[a])
+            sum_ga += ga
+        gg += sum_gfa * s[i] * md[i]
+        gs[i] += sum_gfa * g * md[i]
+        gf[i] += sum_ga * fa / bf[i]
     for i in range(n):
         gf[i] += g_table[i, 12] - g_table[i, 15] * bf[i] / (f[i] * f[i])
         gppn[i, 0] += g_table[i, 13] * imsz[i, 0]

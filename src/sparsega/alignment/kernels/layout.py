@@ -122,7 +122,8 @@ def build_layout(
 class CameraConsts:
     """Fixed inputs of the compiled camera model (numpy, float64 / int64): ``median_depths, base_focals (N,)``,
     ``imsizes (N, 2)`` as (W, H), focal bounds ``fmin, fmax (N,)``, the kinematic tree as ``parent (N,)`` (-1 at
-    roots) and a parents-first ``order (N,)``, and ``anchor_img (A,)``."""
+    roots) and a parents-first ``order (N,)``, and ``anchor_ptr (N+1,)``: image i's anchors are
+    ``anchor_ptr[i]:anchor_ptr[i+1]`` (anchors are stored image by image)."""
 
     median_depths: np.ndarray
     base_focals: np.ndarray
@@ -131,7 +132,7 @@ class CameraConsts:
     fmax: np.ndarray
     parent: np.ndarray
     order: np.ndarray
-    anchor_img: np.ndarray
+    anchor_ptr: np.ndarray
 
     def arrays(self) -> tuple[np.ndarray, ...]:
         return (self.median_depths, self.base_focals, self.imsizes, self.fmin, self.fmax, self.parent, self.order)
@@ -159,7 +160,7 @@ class _CameraTable(torch.autograd.Function):
         n = params[0].shape[0]
         table = np.empty((n, 17))
         ad = np.empty(params[5].shape[0])
-        camera.camera_forward_jit(*params, *consts.arrays(), consts.anchor_img, table, ad)
+        camera.camera_forward_jit(*params, *consts.arrays(), consts.anchor_ptr, table, ad)
         ctx.params, ctx.consts, ctx.dtype = params, consts, quats.dtype
         return torch.from_numpy(table).T.to(quats.dtype), torch.from_numpy(ad).to(quats.dtype)
 
@@ -170,7 +171,7 @@ class _CameraTable(torch.autograd.Function):
         gt = np.zeros((n, 17)) if g_table is None else g_table.detach().T.to(torch.float64).contiguous().numpy()
         ga = np.zeros(a) if g_ad is None else _np64(g_ad)
         outs = tuple(np.empty_like(p) for p in params)
-        camera.camera_backward_jit(*params, *consts.arrays(), consts.anchor_img, gt, ga, *outs)
+        camera.camera_backward_jit(*params, *consts.arrays(), consts.anchor_ptr, gt, ga, *outs)
         ctx.params = None
         grads = [torch.from_numpy(o).to(ctx.dtype) if need else None for o, need in zip(outs, ctx.needs_input_grad[:6])]
         return (*grads, None)
