@@ -234,32 +234,12 @@ class SparseAligner:
     def _camera_consts(self) -> CameraConsts:
         key = (id(self.levels), id(self.parent_pos))
         if self._consts is None or self._consts[0] != key:
-            p, n = self.p, self.p.n_images
-            parent = np.full(n, -1, dtype=np.int64)
-            for lvl in range(1, len(self.levels)):
-                parent[self.levels[lvl]] = self.levels[lvl - 1][self.parent_pos[lvl]]
-            order = np.concatenate(self.levels).astype(np.int64)
-            anchor_img = p.anchor_img.cpu().numpy()
-            if np.any(anchor_img[1:] < anchor_img[:-1]):
-                raise ValueError("AlignProblem anchors must be stored image by image (anchor_img non-decreasing)")
-            anchor_ptr = np.searchsorted(anchor_img, np.arange(n + 1)).astype(np.int64)
-
-            def f64(t: Tensor) -> np.ndarray:
-                return t.detach().cpu().to(torch.float64).contiguous().numpy()
-
-            self._consts = (
-                key,
-                CameraConsts(
-                    median_depths=f64(p.median_depths),
-                    base_focals=f64(p.base_focals),
-                    imsizes=f64(self._imsizes),
-                    fmin=f64(self.min_focals),
-                    fmax=f64(self.max_focals),
-                    parent=parent,
-                    order=order,
-                    anchor_ptr=anchor_ptr,
-                ),
-            )
+            p = self.p
+            consts = CameraConsts.build(
+                p.median_depths, p.base_focals, self._imsizes, self.min_focals, self.max_focals, p.anchor_img,
+                self.levels, self.parent_pos,
+            )  # fmt: skip
+            self._consts = (key, consts)
         return self._consts[1]
 
     # Hot path, in structure-of-arrays layout: per-image quantities are packed as the ROWS of one (17, N) table

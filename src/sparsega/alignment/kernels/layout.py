@@ -137,6 +137,41 @@ class CameraConsts:
     def arrays(self) -> tuple[np.ndarray, ...]:
         return (self.median_depths, self.base_focals, self.imsizes, self.fmin, self.fmax, self.parent, self.order)
 
+    @staticmethod
+    def build(
+        median_depths: Tensor,
+        base_focals: Tensor,
+        imsizes: Tensor,
+        fmin: Tensor,
+        fmax: Tensor,
+        anchor_img: Tensor,
+        levels: list[np.ndarray],
+        parent_pos: list[np.ndarray],
+    ) -> CameraConsts:
+        """The constants of a problem (per-image tensors as in ``AlignProblem``; ``anchor_img`` non-decreasing, the
+        anchors stored image by image) and its kinematic tree given by depth level (``losses.tree_levels``)."""
+        n = int(median_depths.shape[0])
+        parent = np.full(n, -1, dtype=np.int64)
+        for lvl in range(1, len(levels)):
+            parent[levels[lvl]] = levels[lvl - 1][parent_pos[lvl]]
+        img = anchor_img.cpu().numpy()
+        if np.any(img[1:] < img[:-1]):
+            raise ValueError("AlignProblem anchors must be stored image by image (anchor_img non-decreasing)")
+
+        def f64(t: Tensor) -> np.ndarray:
+            return t.detach().cpu().to(torch.float64).contiguous().numpy()
+
+        return CameraConsts(
+            median_depths=f64(median_depths),
+            base_focals=f64(base_focals),
+            imsizes=f64(imsizes),
+            fmin=f64(fmin),
+            fmax=f64(fmax),
+            parent=parent,
+            order=np.concatenate(levels).astype(np.int64),
+            anchor_ptr=np.searchsorted(img, np.arange(n + 1)).astype(np.int64),
+        )
+
 
 def _np64(t: Tensor) -> np.ndarray:
     return t.detach().to(torch.float64).contiguous().numpy()
