@@ -24,6 +24,7 @@ there is no Python loop over pairs or images, only over the depth levels of the 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import math
 from collections.abc import Callable
@@ -87,7 +88,6 @@ class SparseAligner:
         self.n_ok = int(ok.sum())
         if not ok[: self.n_ok].all():
             raise ValueError("AlignProblem matches must be sorted with trusted (m_ok) matches first")
-        self.twin = TwinLosses(problem, self.n_ok)  # the autograd losses (CUDA, known poses, parity tests)
         self.backend = resolve_backend(config)
         self._consts: tuple | None = None
         self._layout: MatchLayout | None = None
@@ -124,6 +124,12 @@ class SparseAligner:
         self.fixed_R: Tensor | None = None
         self.fixed_C: Tensor | None = None
         self.prior: tuple[Tensor, Tensor, Tensor, float, float] | None = None
+
+    @functools.cached_property
+    def twin(self) -> TwinLosses:
+        """The autograd losses (CUDA, known poses, parity tests); built on first use, the compiled path never
+        needs them."""
+        return TwinLosses(self.p, self.n_ok)
 
     @torch.no_grad()
     def set_absolute_poses(self, R: Tensor, C: Tensor) -> None:
@@ -361,12 +367,13 @@ def optimize(
 
     ``setup`` may adjust the aligner before optimising (known cameras: initial values and gradient masks).
     """
-    state, warm_start = _optimize_once(problem, config, setup)
+    state, first = _optimize_once(problem, config, setup)
     # skipping stage 1 only makes sense from a real start (from identity, stage 2 alone would start nowhere); a run
     # that stopped on a non-finite loss is returned as it is, so the failure stays visible in its stage records
     finished = not any(st.stopped_non_finite for st in state.stages)
-    if config.stage1_check and config.niter1 and config.niter2 and warm_start and finished:
-        direct, _ = _optimize_once(problem, dataclasses.replace(config, niter1=0), setup)
+    if config.stage1_check and config.niter1 and config.niter2 and first.warm_start and finished:
+        # the same matches: the second run reuses the first one's layout
+        direct, _ = _optimize_once(problem, dataclasses.replace(config, niter1=0), setup, first._layout)
         a, b = _final_loss(state), _final_loss(direct)
         keep_direct = b < a * (1.0 - config.stage1_check_margin)
         log.info(
@@ -381,16 +388,20 @@ def optimize(
 
 
 def _optimize_once(
-    problem: AlignProblem, config: AlignConfig, setup: Callable[[SparseAligner], None] | None
-) -> tuple[OptimState, bool]:
-    """One run of both stages; also whether it started from the pairwise poses (``SparseAligner.warm_start``)."""
+    problem: AlignProblem,
+    config: AlignConfig,
+    setup: Callable[[SparseAligner], None] | None,
+    layout: MatchLayout | None = None,
+) -> tuple[OptimState, SparseAligner]:
+    """One run of both stages, and its aligner; ``layout``: the problem's match layout if already built."""
     aligner = SparseAligner(problem, config)
+    aligner._layout = layout
     if setup is not None:
         setup(aligner)
     stages = [aligner.run_stage(1)]
     if config.niter2 and not stages[0].stopped_non_finite:
         stages.append(aligner.run_stage(2))
-    return aligner.state(stages), aligner.warm_start
+    return aligner.state(stages), aligner
 
 
 def _final_loss(state: OptimState) -> float:
