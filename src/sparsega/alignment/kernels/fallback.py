@@ -32,15 +32,17 @@ def fallback_loss_and_grad(
     ``tab (N, 17)`` and ``ad (A,)``, times ``scale``, are ADDED to ``g_tab`` and ``g_ad``; the returned sum is
     unscaled.
 
-    Three passes: the distances (compiled), the power (numpy's SIMD ``power``: libm's scalar calls would keep a
-    compiled loop from vectorising), and the loss and gradients (compiled)."""
+    Four passes: the distances (compiled), the power (numpy's SIMD ``power``: libm's scalar calls would keep a
+    compiled loop from vectorising), the loss and the cameras' gradients, and the anchor depths' gradients."""
     nt = anc.shape[0]
     adg = np.empty(nt)
     tg = np.empty(nt)
     fallback_distances_jit(tab, ad, blocks, b_img, b_ref, fin, anc, off, adg, tg)
     if gamma != 1.0:
         np.power(tg, gamma, out=tg)
-    return fallback_grad_jit(tab, adg, tg, blocks, b_img, b_ref, fin, anc, gamma, off, scale, g_tab, g_ad)
+    total = fallback_grad_jit(tab, adg, tg, blocks, b_img, b_ref, fin, gamma, off, scale, g_tab)
+    fallback_depth_grad_jit(tab, adg, tg, blocks, b_img, b_ref, fin, anc, gamma, off, scale, np.empty(nt), g_ad)
+    return total
 
 
 def _fallback_distances(
@@ -56,7 +58,7 @@ def _fallback_distances(
     tg: np.ndarray,
 ) -> None:
     """First pass of :func:`fallback_loss_and_grad`: the targets' anchor depths into ``adg (F,)`` and their
-    ``r + off`` into ``tg (F,)``."""
+    ``r + off`` into ``tg (F,)``. Elementwise, compiled without reassociation or contraction, like the last pass."""
     for n in range(anc.shape[0]):
         adg[n] = ad[anc[n]]
     for k in range(b_img.shape[0]):
@@ -75,22 +77,23 @@ def _fallback_grad(
     b_img: np.ndarray,
     b_ref: np.ndarray,
     fin: np.ndarray,
-    anc: np.ndarray,
     gamma: float,
     off: float,
     scale: float,
     g_tab: np.ndarray,
-    g_ad: np.ndarray,
 ) -> float:
-    """Last pass of :func:`fallback_loss_and_grad`, given the gathered anchor depths ``adg`` and ``tg = (r +
-    off)^gamma``: the loss, and the gradients. The two cameras' gradients are accumulated in scalars per block, as
-    the match kernel does per chunk; the loop reads three arrays and writes one (LLVM's runtime alias checks stay
-    within their limit, so it compiles to SIMD code) and the anchor gradients are scattered after it."""
-    total = 0.0
+    """Third pass of :func:`fallback_loss_and_grad`, given the gathered anchor depths ``adg`` and ``tg = (r +
+    off)^gamma``: the loss, and the cameras' gradients (added to ``g_tab``), accumulated in scalars per block as
+    the match kernel does per chunk."""
     g_off = off**gamma if gamma != 1.0 else 0.0
-    nt = anc.shape[0]
-    gbuf = np.empty(nt)
-    for k in range(b_img.shape[0]):
+    nb = b_img.shape[0]
+    # per-block results [loss, camera i: dR (9), dt (3), df dppx dppy dr15; camera j: dR (9), dt (3)], reduced in
+    # block order after the loop (the result does not depend on the number of threads). The inner loop only loads:
+    # a store there (the depth gradients once were) lets LLVM guard the vectorised loop with runtime overlap checks
+    # whose outcome depends on where the allocator put the arrays, and its scalar fallback sums in another order,
+    # so results differed between runs in about one call in ten. The depth gradients are their own pass.
+    out = np.empty((nb, 29))
+    for k in range(nb):
         i = b_img[k]
         j = b_ref[k]
         cam = _block_cameras(tab, i, j)
@@ -144,45 +147,63 @@ def _fallback_grad(
             c1 = ri1 * g0 + ri4 * g1 + ri7 * g2
             c2 = ri2 * g0 + ri5 * g1 + ri8 * g2
             gd = c0 * u + c1 * v + c2  # dL/d(depth)
-            gbuf[n] = gd * fac
             g15 += gd * adg[n] * fin[2, n]
             gf -= (c0 * p0 + c1 * p1) * inv_f
             gpx -= c0 * d * inv_f
             gpy -= c1 * d * inv_f
-        total += acc
-        gi = g_tab[i]
-        gj = g_tab[j]
-        gi[0] += a00
-        gi[1] += a01
-        gi[2] += a02
-        gi[3] += a10
-        gi[4] += a11
-        gi[5] += a12
-        gi[6] += a20
-        gi[7] += a21
-        gi[8] += a22
-        gj[0] -= b00
-        gj[1] -= b01
-        gj[2] -= b02
-        gj[3] -= b10
-        gj[4] -= b11
-        gj[5] -= b12
-        gj[6] -= b20
-        gj[7] -= b21
-        gj[8] -= b22
-        gi[9] += s0
-        gi[10] += s1
-        gi[11] += s2
-        gj[9] -= s0
-        gj[10] -= s1
-        gj[11] -= s2
-        gi[12] += gf
-        gi[13] += gpx
-        gi[14] += gpy
-        gi[15] += g15
-    for n in range(nt):
-        g_ad[anc[n]] += gbuf[n]
+        o = out[k]
+        o[0] = acc
+        o[1], o[2], o[3], o[4], o[5], o[6], o[7], o[8], o[9] = a00, a01, a02, a10, a11, a12, a20, a21, a22
+        o[10], o[11], o[12], o[13], o[14], o[15], o[16] = s0, s1, s2, gf, gpx, gpy, g15
+        o[17], o[18], o[19], o[20], o[21], o[22], o[23], o[24], o[25] = b00, b01, b02, b10, b11, b12, b20, b21, b22
+        o[26], o[27], o[28] = s0, s1, s2
+    total = 0.0
+    for k in range(nb):
+        i = b_img[k]
+        j = b_ref[k]
+        total += out[k, 0]
+        for c in range(16):
+            g_tab[i, c] += out[k, 1 + c]
+        for c in range(12):
+            g_tab[j, c] -= out[k, 17 + c]
     return total
+
+
+def _fallback_depth_grad(
+    tab: np.ndarray,
+    adg: np.ndarray,
+    tg: np.ndarray,
+    blocks: np.ndarray,
+    b_img: np.ndarray,
+    b_ref: np.ndarray,
+    fin: np.ndarray,
+    anc: np.ndarray,
+    gamma: float,
+    off: float,
+    scale: float,
+    gbuf: np.ndarray,
+    g_ad: np.ndarray,
+) -> None:
+    """Last pass of :func:`fallback_loss_and_grad`: each target's anchor-depth gradient into ``gbuf (F,)``, then
+    added to ``g_ad`` in target order. Compiled without reassociation or contraction (elementwise, no sums): the
+    vectorised loop and its scalar fallback compute the same IEEE operations, whichever one runs."""
+    for k in range(b_img.shape[0]):
+        cam = _block_cameras(tab, b_img[k], b_ref[k])
+        ri0, ri1, ri2, ri3, ri4, ri5, ri6, ri7, ri8 = cam[4:13]
+        for n in range(blocks[k], blocks[k + 1]):
+            e0, e1, e2, d, u, v, fac = _residual(fin, adg, n, cam)
+            sq = e0 * e0 + e1 * e1 + e2 * e2
+            live = not (sq < SQ_MIN)
+            r = math.sqrt(sq if live else SQ_MIN)
+            slope = (gamma * tg[n] / ((r + off) * r)) if gamma != 1.0 else 1.0 / r
+            w = scale * fin[6, n] * slope if live else 0.0
+            g0 = w * e0
+            g1 = w * e1
+            g2 = w * e2
+            gd = (ri0 * g0 + ri3 * g1 + ri6 * g2) * u + (ri1 * g0 + ri4 * g1 + ri7 * g2) * v
+            gbuf[n] = (gd + (ri2 * g0 + ri5 * g1 + ri8 * g2)) * fac
+    for n in range(anc.shape[0]):
+        g_ad[anc[n]] += gbuf[n]
 
 
 def _block_cameras(
@@ -243,6 +264,7 @@ def _adam(
 
 _residual = numba.njit(cache=True, inline="always")(_residual)
 _block_cameras = numba.njit(cache=True, inline="always")(_block_cameras)
-fallback_distances_jit = numba.njit(cache=True, fastmath=FASTMATH, error_model="numpy")(_fallback_distances)
+fallback_distances_jit = numba.njit(cache=True, fastmath={"nsz"}, error_model="numpy")(_fallback_distances)
 fallback_grad_jit = numba.njit(cache=True, fastmath=FASTMATH, error_model="numpy")(_fallback_grad)
+fallback_depth_grad_jit = numba.njit(cache=True, fastmath={"nsz"}, error_model="numpy")(_fallback_depth_grad)
 adam_jit = numba.njit(cache=True, error_model="numpy")(_adam)
