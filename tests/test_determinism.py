@@ -76,7 +76,7 @@ def test_kernels_do_not_depend_on_where_arrays_live():
     about one call in ten, and cameras then differed between runs. Heap churn between calls moves the kernels'
     own buffers and the fresh output arrays."""
     from sparsega import sim
-    from sparsega.alignment.kernels import camera, fallback, match
+    from sparsega.alignment.kernels import camera, canonical, fallback, match
     from sparsega.alignment.kernels.common import gamma_offset
     from sparsega.alignment.optimizer import SparseAligner
     from sparsega.alignment.problem import build_problem
@@ -97,6 +97,8 @@ def test_kernels_do_not_depend_on_where_arrays_live():
     fb = fallback_blocks(problem)
     assert fb[3].shape[1] > 1000  # fallback targets
     rng = np.random.default_rng(0)
+    views = np.stack([p.pts11 for p in preds if p.i == 0]).astype(np.float32)
+    view_confs = np.stack([p.conf11 for p in preds if p.i == 0]).astype(np.float32)
     g_tab_in = rng.normal(size=(n, 17))
     g_ad_in = rng.normal(size=a)
 
@@ -115,6 +117,8 @@ def test_kernels_do_not_depend_on_where_arrays_live():
         camera.camera_backward_jit(*(P[k] for k in PARAMS), *consts.arrays(), consts.anchor_ptr, g_tab_in, g_ad_in,
                                    *(grads[k] for k in PARAMS))  # fmt: skip
         h.update(b"".join(g.tobytes() for g in grads.values()))
+        fused = canonical.fuse_view(views, view_confs, 8, "avg-angle")
+        h.update(b"".join(x.tobytes() for x in fused) + np.array([canonical.estimate_focal(fused[0])]).tobytes())
         return h.hexdigest()
 
     first = digest()
