@@ -86,14 +86,12 @@ def _fallback_grad(
     off)^gamma``: the loss, and the cameras' gradients (added to ``g_tab``), accumulated in scalars per block as
     the match kernel does per chunk."""
     g_off = off**gamma if gamma != 1.0 else 0.0
-    nb = b_img.shape[0]
-    # per-block results [loss, camera i: dR (9), dt (3), df dppx dppy dr15; camera j: dR (9), dt (3)], reduced in
-    # block order after the loop (the result does not depend on the number of threads). The inner loop only loads:
-    # a store there (the depth gradients once were) lets LLVM guard the vectorised loop with runtime overlap checks
-    # whose outcome depends on where the allocator put the arrays, and its scalar fallback sums in another order,
-    # so results differed between runs in about one call in ten. The depth gradients are their own pass.
-    out = np.empty((nb, 29))
-    for k in range(nb):
+    total = 0.0
+    # The inner loop only loads: a store there (the depth gradients once were) lets LLVM guard the vectorised loop
+    # with runtime overlap checks whose outcome depends on where the allocator put the arrays, and its scalar
+    # fallback sums in another order, so results differed between runs in about one call in ten. The depth
+    # gradients are their own pass.
+    for k in range(b_img.shape[0]):
         i = b_img[k]
         j = b_ref[k]
         cam = _block_cameras(tab, i, j)
@@ -151,21 +149,37 @@ def _fallback_grad(
             gf -= (c0 * p0 + c1 * p1) * inv_f
             gpx -= c0 * d * inv_f
             gpy -= c1 * d * inv_f
-        o = out[k]
-        o[0] = acc
-        o[1], o[2], o[3], o[4], o[5], o[6], o[7], o[8], o[9] = a00, a01, a02, a10, a11, a12, a20, a21, a22
-        o[10], o[11], o[12], o[13], o[14], o[15], o[16] = s0, s1, s2, gf, gpx, gpy, g15
-        o[17], o[18], o[19], o[20], o[21], o[22], o[23], o[24], o[25] = b00, b01, b02, b10, b11, b12, b20, b21, b22
-        o[26], o[27], o[28] = s0, s1, s2
-    total = 0.0
-    for k in range(nb):
-        i = b_img[k]
-        j = b_ref[k]
-        total += out[k, 0]
-        for c in range(16):
-            g_tab[i, c] += out[k, 1 + c]
-        for c in range(12):
-            g_tab[j, c] -= out[k, 17 + c]
+        total += acc
+        gi = g_tab[i]
+        gj = g_tab[j]
+        gi[0] += a00
+        gi[1] += a01
+        gi[2] += a02
+        gi[3] += a10
+        gi[4] += a11
+        gi[5] += a12
+        gi[6] += a20
+        gi[7] += a21
+        gi[8] += a22
+        gj[0] -= b00
+        gj[1] -= b01
+        gj[2] -= b02
+        gj[3] -= b10
+        gj[4] -= b11
+        gj[5] -= b12
+        gj[6] -= b20
+        gj[7] -= b21
+        gj[8] -= b22
+        gi[9] += s0
+        gi[10] += s1
+        gi[11] += s2
+        gj[9] -= s0
+        gj[10] -= s1
+        gj[11] -= s2
+        gi[12] += gf
+        gi[13] += gpx
+        gi[14] += gpy
+        gi[15] += g15
     return total
 
 
