@@ -6,5 +6,5 @@ fusion and focal fit (:mod:`.canonical`).
 Every kernel has a plain torch twin (:mod:`sparsega.alignment.losses`,
 :meth:`~sparsega.alignment.optimizer.SparseAligner.cameras` and :mod:`sparsega.alignment.canonical`;
 ``loss_backend="autograd"``, also the CUDA path) and ``tests/test_kernels.py`` / ``tests/test_canonical.py`` compare
-them. Kernels compile on first use (about 15 s per machine) and are cached on disk by numba.
+them. Kernels compile on first use (about 20 s per machine) and are cached on disk by numba.
 """
