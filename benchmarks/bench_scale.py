@@ -20,16 +20,39 @@ import os
 import platform
 import resource
 import time
-from pathlib import Path
+
+
+def _first_last_error(est, gt) -> dict:
+    """Rotation error (deg) and translation-direction error (deg) of the relative pose of views 0 and N-1."""
+    import numpy as np
+
+    def rel(c):
+        return np.linalg.inv(c[0]) @ c[-1]
+
+    a, b = rel(est), rel(gt)
+    cos = (np.trace(a[:3, :3].T @ b[:3, :3]) - 1) / 2
+    ta, tb = a[:3, 3], b[:3, 3]
+    cos_t = ta @ tb / max(np.linalg.norm(ta) * np.linalg.norm(tb), 1e-12)
+    return {
+        "first_last_rot_err": round(float(np.degrees(np.arccos(np.clip(cos, -1, 1)))), 3),
+        "first_last_dir_err": round(float(np.degrees(np.arccos(np.clip(cos_t, -1, 1)))), 3),
+    }
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n", type=int, default=64)
-    ap.add_argument("--traj", default="walk", choices=["walk", "orbit", "hemisphere"])
+    ap.add_argument("--traj", default="walk", choices=["walk", "orbit", "hemisphere", "loop"])
     ap.add_argument("--graph", default="swin-3")
     ap.add_argument(
         "--size", type=int, nargs=2, default=[384, 512], help="H W (default: the network's 384 512 at every N)"
+    )
+    ap.add_argument(
+        "--retrieval",
+        default="sift",
+        choices=["sift"],
+        help="image similarity for retrieval-* graphs, e.g. --graph swin-3+retrieval-5 (computed on the rendered "
+        "images and timed as similarity_s; sift: the one that needs no trained weights)",
     )
     ap.add_argument("--pose-init", default="procrustes", choices=["procrustes", "identity"])
     ap.add_argument("--kinematic-mode", default="hclust-ward")
@@ -42,6 +65,12 @@ def main() -> None:
         default="auto",
         choices=["auto", "kernel", "autograd"],
         help="match-loss implementation (AlignConfig.loss_backend)",
+    )
+    ap.add_argument(
+        "--storage",
+        default="compact",
+        choices=["compact", "float32"],
+        help="cache entry form (sparsega.frontend.cache.STORAGE_CHOICES; reconstruct's default is compact)",
     )
     ap.add_argument("--cache-dir", default=None, help="where --source cache writes (default: a temporary folder)")
     ap.add_argument("--json", action="store_true")
@@ -59,7 +88,15 @@ def main() -> None:
     t0 = time.perf_counter()
     sc = sim.make_scene(args.traj, n_views=args.n, height=h, width=w, seed=args.seed)
     t_render = time.perf_counter() - t0
-    lazy = sim.LazyPredictions(sc, unique_pairs(make_pairs(args.n, args.graph)), seed=args.seed)
+    similarity, t_similarity = None, 0.0
+    if "retrieval" in args.graph:
+        from sparsega.frontend.retrieval import sift_similarity
+
+        t0 = time.perf_counter()
+        similarity = sift_similarity(sc.images)
+        t_similarity = time.perf_counter() - t0
+    pairs = unique_pairs(make_pairs(args.n, args.graph, similarity=similarity))
+    lazy = sim.LazyPredictions(sc, pairs, seed=args.seed)
     t0 = time.perf_counter()
     tmp = None
     if args.source == "cache":
@@ -74,13 +111,12 @@ def main() -> None:
         entries = []
         for k in range(len(lazy)):
             i, j = lazy.pairs[k]
-            key = f"n{args.n}-{args.traj}-{args.graph}-{h}x{w}-s{args.seed}-{i}-{j}"
+            key = f"n{args.n}-{args.traj}-{args.graph}-{h}x{w}-s{args.seed}-{args.storage}-{i}-{j}"
             if not store.has(key):
-                save_pair(store, key, lazy[k])
+                save_pair(store, key, lazy[k], args.storage)
             entries.append((i, j, key, False))
         preds = CachedPredictions(store, entries)
-        root = Path(args.cache_dir or tmp.name)
-        cache_bytes = sum(p.stat().st_size for p in root.rglob("*") if p.is_file())
+        cache_bytes = sum(store.path(key).stat().st_size for _, _, key, _ in entries)  # this run's entries only
     else:
         preds = lazy
         cache_bytes = 0
@@ -112,9 +148,11 @@ def main() -> None:
         "n_matches": st["n_matches"],
         "wall_s": round(wall, 2),
         "render_s": round(t_render, 2),
+        "similarity_s": round(t_similarity, 2),
         "source": args.source,
         "simulate_s": round(t_sim, 2),
         "cache_bytes_per_pair": int(cache_bytes / max(len(lazy), 1)),
+        "storage": args.storage if args.source == "cache" else None,
         "loss_backend": args.backend,
         "stage_s": {k: round(v, 2) for k, v in tim.items()},
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
@@ -123,6 +161,8 @@ def main() -> None:
         "ate_rel": round(float(m["ate_rel"]), 5),
         "rra5": round(float(m["rra5"]), 4),
         "focal_err_med": round(float(m["focal_err_med"]), 5),
+        # drift: the error of the relative pose between the first and the last view (a loop's ends meet)
+        **_first_last_error(scene.cam2w.astype(np.float64), sc.cam2w),
         "pose_init": args.pose_init,
         "kinematic_mode": args.kinematic_mode,
         "threads": torch.get_num_threads(),

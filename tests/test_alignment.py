@@ -54,6 +54,20 @@ def test_orbit_8_complete_meets_bounds():
     assert metrics.depth_abs_rel(scene.depthmaps, sc.depthmaps) < 0.06
 
 
+def test_compact_storage_costs_no_accuracy():
+    """The cache's compact form (float16, cross-frame maps on every 4th pixel) aligns to the float32 result within
+    a small fraction of the error bounds: it keeps everything the alignment reads."""
+    from sparsega.frontend.cache import as_stored
+
+    sc, preds = _case("orbit", 8, "complete", 192, 256)
+    full = _metrics(_orbit_scene(), sc)
+    compact = _metrics(align([as_stored(p, "compact") for p in preds], images=sc.images, progress=False), sc)
+    _check_bounds(compact)
+    assert abs(compact["rot_err_med"] - full["rot_err_med"]) < 0.05, (compact, full)
+    assert abs(compact["ate_rel"] - full["ate_rel"]) < 2e-4, (compact, full)
+    assert abs(compact["focal_err_med"] - full["focal_err_med"]) < 1e-3, (compact, full)
+
+
 def test_walk_24_swin4_meets_bounds():
     sc, preds = _case("walk", 24, "swin-4", 144, 192)
     _check_bounds(_metrics(align(preds, progress=False), sc))

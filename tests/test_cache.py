@@ -17,11 +17,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from sparsega.errors import CacheError
+from sparsega.errors import CacheError, ConfigError
 from sparsega.frontend.cache import (
     FORMAT_VERSION,
     ArrayStore,
     CacheDir,
+    as_stored,
+    check_storage,
     hash_array,
     hash_file,
     load_pair,
@@ -161,6 +163,96 @@ def test_pair_prediction_round_trip(tmp_path: Path) -> None:
             assert isinstance(back.score[2], int)
         back.validate()
     assert load_pair(store, "absent", 0, 1) is None
+
+
+def _bits(p: PairPrediction) -> list[bytes]:
+    names = [f.name for f in dataclasses.fields(PairPrediction) if f.name not in ("i", "j", "score")]
+    return [np.ascontiguousarray(getattr(p, n)).tobytes() for n in names]
+
+
+@pytest.mark.parametrize("shape", [(6, 8, 8, 5), (96, 128, 128, 96)])
+def test_compact_pair_storage(tmp_path: Path, shape: tuple[int, int, int, int]) -> None:
+    """Compact entries: own-frame maps to float16 precision, cross-frame maps exact (to float16) on every 4th pixel
+    and constant over each 4x4 block, matches and score exact; what load_pair returns is as_stored's result; a
+    quarter of the float32 entry's bytes or less."""
+    h1, w1, h2, w2 = shape
+    rng = np.random.default_rng(3)
+    m = 11
+
+    def pts(h: int, w: int) -> np.ndarray:
+        return (rng.standard_normal((h, w, 3)) + [0, 0, 3]).astype(np.float32)
+
+    def conf(h: int, w: int) -> np.ndarray:
+        return (1 + 50 * rng.random((h, w))).astype(np.float32)
+
+    pred = PairPrediction(
+        0, 1, pts(h1, w1), conf(h1, w1), pts(h2, w2), conf(h2, w2), pts(h2, w2), conf(h2, w2), pts(h1, w1),
+        conf(h1, w1), np.stack([rng.integers(0, w1, m), rng.integers(0, h1, m)], 1),
+        np.stack([rng.integers(0, w2, m), rng.integers(0, h2, m)], 1), rng.random(m).astype(np.float32) + 1,
+        (2.5, 7.0, m),
+    )  # fmt: skip
+    store = ArrayStore(tmp_path, "pairs")
+    save_pair(store, "full", pred)
+    save_pair(store, "compact", pred, "compact")
+    back = load_pair(store, "compact", 0, 1)
+    assert back is not None
+    back.validate()
+    assert _bits(back) == _bits(as_stored(pred, "compact"))
+    assert _bits(as_stored(back, "compact")) == _bits(back)  # storing a stored prediction again changes nothing
+    for name in ("pts11", "conf11", "pts22", "conf22"):
+        a, b = getattr(pred, name), getattr(back, name)
+        assert b.dtype == np.float32 and b.shape == a.shape
+        np.testing.assert_allclose(b, a, rtol=2.0**-11, atol=2.0**-24)  # float16 subnormals: absolute
+    for name in ("pts21", "conf21", "pts12", "conf12"):
+        a, b = getattr(pred, name), getattr(back, name)
+        assert b.dtype == np.float32 and b.shape == a.shape
+        np.testing.assert_array_equal(b[::4, ::4], a[::4, ::4].astype(np.float16).astype(np.float32))
+        np.testing.assert_array_equal(b[3::4, 1::4], b[0::4, 0::4][: b[3::4].shape[0], : b[:, 1::4].shape[1]])
+    for name in ("xy1", "xy2", "match_conf"):
+        assert _same(getattr(back, name), getattr(pred, name))
+    assert back.score == pred.score
+    if h1 >= 96:
+        ratio = store.path("compact").stat().st_size / store.path("full").stat().st_size
+        assert ratio < 0.28, ratio
+
+
+def test_compact_storage_keeps_float32_where_float16_cannot_hold(tmp_path: Path) -> None:
+    pred = _pred()
+    big = pred.pts11 * np.float32(1e6)  # overflows float16
+    tiny = pred.pts22 * np.float32(1e-4)  # depths below float16's normal range
+    huge_conf = pred.conf11 * np.float32(1e5)
+    pred = dataclasses.replace(pred, pts11=big, pts22=tiny, conf11=huge_conf)
+    store = ArrayStore(tmp_path, "pairs")
+    save_pair(store, "k", pred, "compact")
+    back = load_pair(store, "k", 0, 1)
+    assert back is not None
+    for name in ("pts11", "pts22", "conf11"):
+        assert _same(getattr(back, name), getattr(pred, name)), name
+    assert back.conf22.tobytes() != pred.conf22.tobytes()  # the others are compact
+
+
+def test_storage_choice_checked(tmp_path: Path) -> None:
+    assert check_storage("compact") == "compact"
+    with pytest.raises(ConfigError, match="storage='f16'"):
+        check_storage("f16")
+    with pytest.raises(ConfigError, match="storage"):
+        save_pair(ArrayStore(tmp_path, "pairs"), "k", _pred(), "half")
+
+
+def test_load_pair_rejects_malformed_compact_entries(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    store = ArrayStore(tmp_path, "pairs")
+    save_pair(store, "k", _pred(), "compact")
+    got = store.get("k")
+    assert got is not None
+    arrays, meta = got
+    bad_grid = dict(arrays, pts21=arrays["pts21"][:1])
+    store.put("grid", bad_grid, meta)
+    store.put("step", arrays, dict(meta, cross_step=0))
+    store.put("form", arrays, dict(meta, storage="jpeg"))
+    with caplog.at_level(logging.WARNING, logger="sparsega.frontend.cache"):
+        for key in ("grid", "step", "form"):
+            assert load_pair(store, key, 0, 1) is None, key
+    assert caplog.text.count("not a pair prediction") == 3
 
 
 def test_load_pair_rejects_other_entries(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:

@@ -124,7 +124,7 @@ def test_killed_worker_loses_nothing(
     for key in saved_before_crash:
         assert store.path(key).stat().st_mtime_ns <= marker.stat().st_mtime_ns
     assert stats["written"] + len(saved_before_crash) == 3
-    keys = {pair_cache_key(images[p.i], images[p.j], net.identity, 8, "desc_conf") for p in local}
+    keys = {pair_cache_key(images[p.i], images[p.j], net.identity, 8, "desc_conf", "compact") for p in local}
     assert set(store.keys()) == keys
 
 

@@ -94,7 +94,7 @@ def test_sphere_and_box_hits_are_analytic() -> None:
     np.testing.assert_allclose(np.max(np.abs(local) / [0.5, 0.7, 0.4], axis=1), 1.0, atol=1e-5)
 
 
-@pytest.mark.parametrize("kind", ["orbit", "walk", "hemisphere"])
+@pytest.mark.parametrize("kind", ["orbit", "walk", "hemisphere", "loop"])
 def test_layouts_render_every_pixel(kind: str) -> None:
     scene = make_scene(kind, n_views=5, height=48, width=64, seed=1, portrait_every=2)
     assert scene.cam2w.shape == (5, 4, 4) and scene.intrinsics.shape == (5, 3, 3)
@@ -124,6 +124,24 @@ def test_walk_moves_forward_and_orbit_looks_inward() -> None:
     to_centre = -orbit.cam2w[:, :2, 3] / np.linalg.norm(orbit.cam2w[:, :2, 3], axis=1, keepdims=True)
     axis_xy = orbit.cam2w[:, :2, 2] / np.linalg.norm(orbit.cam2w[:, :2, 2], axis=1, keepdims=True)
     assert ((axis_xy * to_centre).sum(1) > 0.95).all()
+
+
+def test_loop_returns_to_its_start_and_covisibility_sees_it() -> None:
+    """The loop walk ends where it began: its last view overlaps its first as much as a close neighbour does,
+    while the view half way round shares nothing with it."""
+    n = 24
+    loop = make_scene("loop", n_views=n, height=48, width=64, seed=3)
+    c = loop.cam2w[:, :3, 3]
+    steps = np.linalg.norm(np.diff(c, axis=0), axis=1)
+    assert np.linalg.norm(c[0] - c[-1]) < 1.5 * np.median(steps)
+    assert np.linalg.norm(c[0] - c[n // 2]) > 5 * np.median(steps)  # the diameter: n / pi steps
+    cov = loop.covisibility(step=4)
+    assert cov.shape == (n, n) and (np.diag(cov) == 1).all() and (cov >= 0).all() and (cov <= 1).all()
+    assert cov[0, -1] > 0.4 and cov[1, 0] > 0.4  # seen by the view behind
+    assert cov[-1, 0] > 0.2 and cov[0, 1] > 0.2  # seen by the view ahead
+    assert cov[0, n // 2] == 0 and cov[n // 2, 0] == 0
+    with pytest.raises(ConfigError, match="loop_radius"):
+        make_scene("loop", n_views=4, height=48, width=64, loop_radius=2.0)
 
 
 def test_scene_is_deterministic_by_seed() -> None:

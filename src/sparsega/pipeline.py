@@ -115,6 +115,7 @@ def reconstruct(
     components: bool = False,
     retrieval: str = "encoder",
     extend: Scene | str | os.PathLike[str] | None = None,
+    storage: str = "compact",
     **align_overrides: Any,
 ) -> Scene | ComponentResult:
     """Reconstruct a scene from photos with a MASt3R (or DUSt3R) network and sparse global alignment.
@@ -146,6 +147,8 @@ def reconstruct(
         extend: a saved reconstruction (a Scene, or an output folder holding ``scene/``) to add the photos to:
             its photos are paired with the new ones (``scene_graph`` over old + new, keeping the pairs that touch a
             new photo), its cameras stay fixed, and the union is returned (:mod:`~sparsega.alignment.extend`).
+        storage: how pair predictions are kept (``"compact"``: float16, cross-frame maps on every 4th pixel, a
+            quarter of the bytes; ``"float32"``: lossless); see :func:`~sparsega.frontend.inference.run_pairs`.
         components: as :func:`~sparsega.alignment.api.align`: False raises
             :class:`~sparsega.errors.GraphError` when the photos split into unconnected groups, True returns a
             :class:`~sparsega.alignment.components.ComponentResult` (one Scene per group).
@@ -156,7 +159,7 @@ def reconstruct(
         ComponentResult of such scenes.
     """
     from .alignment.api import align
-    from .frontend.cache import CacheDir
+    from .frontend.cache import CacheDir, check_storage
     from .frontend.inference import run_pairs
     from .frontend.model import load_checkpoint
     from .frontend.pairs import make_pairs, needs_similarity, parse_scene_graph
@@ -167,6 +170,7 @@ def reconstruct(
     parse_scene_graph(scene_graph)  # fail on a bad name before any work
     if retrieval not in SIMILARITIES:
         raise ConfigError(f"retrieval={retrieval!r}: must be one of {', '.join(SIMILARITIES)}")
+    check_storage(storage)
     if executor not in ("local", "ray"):
         raise ConfigError(f"executor={executor!r}: must be 'local' or 'ray'")
     if executor == "ray":
@@ -231,6 +235,7 @@ def reconstruct(
             device=device,
             progress=progress,
             stats=stats,
+            storage=storage,
         )
     else:
         # with a cache, predictions stream from disk into the aligner (memory independent of the number of pairs)
@@ -246,6 +251,7 @@ def reconstruct(
             progress=progress,
             stats=stats,
             stream=cache is not None,
+            storage=storage,
         )
     timings["inference"] = time.perf_counter() - t0
 

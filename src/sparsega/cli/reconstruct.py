@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import InputError
+from ..frontend.cache import STORAGE_CHOICES
 from ..frontend.images import collect_image_paths
 from ..frontend.pairs import parse_scene_graph
 from ..frontend.retrieval import SIMILARITIES
@@ -50,6 +51,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         default="encoder",
         help="image similarity of retrieval-* scene graphs (encoder: the network's tokens; sift)",
     )
+    p.add_argument(
+        "--storage",
+        choices=STORAGE_CHOICES,
+        default="compact",
+        help="how pair predictions are kept in memory and in the cache: compact (float16, cross-frame maps on every "
+        "4th pixel: what the alignment reads, a quarter of the bytes; default) or float32 (lossless)",
+    )
     options.add_output(p)
     options.add_align(p)
     options.add_known(p)
@@ -82,7 +90,9 @@ def run(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     if args.extend:
         kw["extend"] = args.extend
-    result = reconstruct(paths, str(ckpt), scene_graph=graph, components=True, retrieval=args.retrieval, **kw)
+    result = reconstruct(
+        paths, str(ckpt), scene_graph=graph, components=True, retrieval=args.retrieval, storage=args.storage, **kw
+    )
     t = {"reconstruct": time.perf_counter() - t0}
     summary = options.write(
         args,
@@ -91,6 +101,6 @@ def run(args: argparse.Namespace) -> int:
         t,
         image_paths=paths,
         evaluate=evaluate,
-        extra={"inputs": paths, "checkpoint": str(ckpt), "scene_graph": graph},
+        extra={"inputs": paths, "checkpoint": str(ckpt), "scene_graph": graph, "storage": args.storage},
     )
     return options.finish(args, summary)

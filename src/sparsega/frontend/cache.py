@@ -13,18 +13,24 @@ Layout: ``root/meta.json`` and ``root/<namespace>/<key[:2]>/<key>.safetensors``.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
 import os
 import shutil
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
-from ..errors import CacheError
+import numpy as np
+
+from ..errors import CacheError, ConfigError
 from ..fsutil import TEMP_SUFFIX, atomic_write_bytes
 from ..types import PairPrediction
+from .images import LoadedImage
 from .store import (
     ENTRY_SUFFIX,
     FORMAT_VERSION,
@@ -38,19 +44,6 @@ logger = logging.getLogger(__name__)
 
 META_FILE = "meta.json"
 _PAIR_KIND = "PairPrediction"
-PAIR_FIELDS = (
-    "pts11",
-    "conf11",
-    "pts21",
-    "conf21",
-    "pts22",
-    "conf22",
-    "pts12",
-    "conf12",
-    "xy1",
-    "xy2",
-    "match_conf",
-)
 
 
 # -------------------------------------------------------------------- keys
@@ -189,35 +182,219 @@ def _looks_like_store(folder: Path) -> bool:
 
 
 # -------------------------------------------------------------------- PairPrediction helpers
-def save_pair(store: ArrayStore, key: str, pred: PairPrediction) -> None:
-    """Store ``pred`` losslessly under ``key`` (arrays as given; ``pred.i``/``pred.j`` are not stored)."""
-    arrays = {name: getattr(pred, name) for name in PAIR_FIELDS}
+# How a pair's maps are stored. "float32": everything as computed (lossless). "compact": only what the alignment
+# reads at full resolution is kept there: the own-frame maps (pts11, conf11, pts22, conf22) in float16; the
+# cross-frame maps (pts21, conf21, pts12, conf12) are read only on a grid (pairwise Procrustes on every 4th pixel,
+# fallback targets at anchor pixels, multiples of 4 for the default subsample 8), so they are kept on every
+# CROSS_STEP-th pixel in float16 and read back by nearest-neighbour repetition (exact on that grid).
+# 512x384: 12.6 MB -> 3.3 MB per pair. A map whose values float16 cannot hold (overflow, or depths so small that
+# float16 loses precision) stays float32.
+STORAGE_CHOICES = ("compact", "float32")
+CROSS_STEP = 4
+_OWN_MAPS = ("pts11", "conf11", "pts22", "conf22")
+_CROSS_MAPS = ("pts21", "conf21", "pts12", "conf12")
+_MATCH_FIELDS = ("xy1", "xy2", "match_conf")
+_F16_MAX = 65000.0
+_F16_MIN_MEDIAN_DEPTH = 1e-2  # below this, float16's 6e-5 normal range would cost relative depth precision
+
+
+def check_storage(storage: str) -> str:
+    """``storage`` if it is one of :data:`STORAGE_CHOICES`, else :class:`~sparsega.errors.ConfigError`."""
+    if storage not in STORAGE_CHOICES:
+        raise ConfigError(f"storage={storage!r}: must be one of {', '.join(STORAGE_CHOICES)}")
+    return storage
+
+
+def _half(arr: np.ndarray) -> np.ndarray:
+    """``arr`` as float16 when float16 holds it to its relative precision, else as float32."""
+    a = np.asarray(arr, np.float32)
+    if a.size == 0 or not np.isfinite(a).all() or float(np.abs(a).max()) > _F16_MAX:
+        return np.ascontiguousarray(a)
+    if a.ndim == 3 and float(np.median(np.abs(a[..., 2]))) < _F16_MIN_MEDIAN_DEPTH:
+        return np.ascontiguousarray(a)
+    return a.astype(np.float16)
+
+
+def _encode_pair(pred: PairPrediction, storage: str) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """The arrays and meta entries that store ``pred`` in ``storage`` form."""
+    arrays = {name: getattr(pred, name) for name in _MATCH_FIELDS}
+    if check_storage(storage) == "float32":
+        arrays.update({name: getattr(pred, name) for name in _OWN_MAPS + _CROSS_MAPS})
+        return arrays, {}
+    arrays.update({name: _half(getattr(pred, name)) for name in _OWN_MAPS})
+    s = CROSS_STEP
+    arrays.update({name: _half(np.asarray(getattr(pred, name))[::s, ::s]) for name in _CROSS_MAPS})
+    return arrays, {"storage": "compact", "cross_step": s}
+
+
+def _expand(grid: np.ndarray, step: int, shape: tuple[int, int]) -> np.ndarray:
+    """Full-size float32 map from its every-``step``-th-pixel samples (each sample fills its block)."""
+    h, w = shape
+    full = np.repeat(np.repeat(np.asarray(grid, np.float32), step, axis=0), step, axis=1)
+    return np.ascontiguousarray(full[:h, :w])
+
+
+def _decode_pair(arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> dict[str, np.ndarray] | None:
+    """The PairPrediction fields (float32 maps at full size) from a stored entry; None if malformed."""
+    names = _OWN_MAPS + _CROSS_MAPS + _MATCH_FIELDS
+    if any(name not in arrays for name in names):
+        return None
+    if meta.get("storage", "float32") == "float32":
+        return {name: arrays[name] for name in names}
+    step = meta.get("cross_step")
+    if meta.get("storage") != "compact" or not isinstance(step, int) or step < 1:
+        return None
+    out = {name: arrays[name] for name in _MATCH_FIELDS}
+    out.update({name: np.asarray(arrays[name], np.float32) for name in _OWN_MAPS})
+    shape1, shape2 = out["conf11"].shape[:2], out["conf22"].shape[:2]
+    for name, shape in (("pts21", shape2), ("conf21", shape2), ("pts12", shape1), ("conf12", shape1)):
+        grid = arrays[name]
+        if grid.shape[:2] != (-(-shape[0] // step), -(-shape[1] // step)):
+            return None
+        out[name] = _expand(grid, step, shape)
+    return out
+
+
+def as_stored(pred: PairPrediction, storage: str) -> PairPrediction:
+    """``pred`` exactly as :func:`load_pair` returns it after :func:`save_pair` with ``storage``, so that a run
+    from the cache and the run that filled it align the same numbers."""
+    if check_storage(storage) == "float32":
+        return pred
+    arrays, meta = _encode_pair(pred, storage)
+    fields = _decode_pair(arrays, meta)
+    if fields is None:  # pragma: no cover - _encode_pair always writes a decodable entry
+        raise CacheError("internal error: a compact pair entry does not decode")
+    return dataclasses.replace(pred, **fields)
+
+
+def save_pair(store: ArrayStore, key: str, pred: PairPrediction, storage: str = "float32") -> None:
+    """Store ``pred`` under ``key`` in ``storage`` form (see :data:`STORAGE_CHOICES`; ``pred.i``/``pred.j`` are
+    not stored). ``float32`` is lossless; ``compact`` is what :func:`as_stored` returns."""
+    arrays, extra = _encode_pair(pred, storage)
     score = None if pred.score is None else [float(pred.score[0]), float(pred.score[1]), int(pred.score[2])]
-    store.put(key, arrays, {"kind": _PAIR_KIND, "score": score})
+    store.put(key, arrays, {"kind": _PAIR_KIND, "score": score, **extra})
 
 
 def load_pair(store: ArrayStore, key: str, i: int, j: int) -> PairPrediction | None:
-    """The prediction stored under ``key`` as pair ``(i, j)``, or None (absent, corrupt or not a pair entry)."""
+    """The prediction stored under ``key`` as pair ``(i, j)`` (float32 maps at full size, whatever the storage
+    form), or None (absent, corrupt or not a pair entry)."""
     got = store.get(key)
     if got is None:
         return None
     arrays, meta = got
-    missing = [name for name in PAIR_FIELDS if name not in arrays]
-    if meta.get("kind") != _PAIR_KIND or missing:
+    fields = _decode_pair(arrays, meta) if meta.get("kind") == _PAIR_KIND else None
+    if fields is None:
         logger.warning("cache entry %s is not a pair prediction; ignoring it", store.path(key))
         return None
     score = meta.get("score")
-    pred = PairPrediction(
+    return PairPrediction(
         i=int(i),
         j=int(j),
-        **{name: arrays[name] for name in PAIR_FIELDS},
+        **fields,
         score=None if score is None else (float(score[0]), float(score[1]), int(score[2])),
     )
-    return pred
+
+
+# -------------------------------------------------------------------- pair entries of a scene graph
+def _preprocess_tag(im: LoadedImage) -> str:
+    """Everything about an image's preparation that changes the network input (besides the file content)."""
+    return f"size={im.size},resized={im.resized_size[0]}x{im.resized_size[1]},crop={','.join(map(str, im.crop_box))}"
+
+
+def pair_cache_key(
+    im_a: LoadedImage,
+    im_b: LoadedImage,
+    model_identity: str,
+    subsample: int,
+    desc_conf: str,
+    storage: str = "float32",
+) -> str:
+    """Cache key of the ordered pair (a, b): content hashes, preprocessing, checkpoint, matching parameters and
+    storage form (``float32`` entries keep the keys they had before the compact form existed)."""
+    preprocess = json.dumps([_preprocess_tag(im_a), _preprocess_tag(im_b)])
+    extra = f"subsample={int(subsample)},desc_conf={desc_conf}"
+    if check_storage(storage) != "float32":
+        extra += f",storage={storage}"
+    return pair_key(im_a.content_hash, im_b.content_hash, preprocess, model_identity, extra)
+
+
+def _cache_find(
+    store: ArrayStore,
+    images: Sequence[LoadedImage],
+    i: int,
+    j: int,
+    identity: str,
+    subsample: int,
+    desc_conf: str,
+    storage: str,
+) -> tuple[str, bool, PairPrediction] | None:
+    """The readable cache entry of (i, j) in either orientation: ``(key, swapped, prediction as stored)``
+    (``swapped``: stored as (j, i)), or None."""
+    key = pair_cache_key(images[i], images[j], identity, subsample, desc_conf, storage)
+    pred = load_pair(store, key, i, j)
+    if pred is not None:
+        return key, False, pred
+    if i != j:
+        key = pair_cache_key(images[j], images[i], identity, subsample, desc_conf, storage)
+        pred = load_pair(store, key, j, i)
+        if pred is not None:
+            return key, True, pred
+    return None
+
+
+def _cache_lookup(
+    store: ArrayStore,
+    images: Sequence[LoadedImage],
+    i: int,
+    j: int,
+    identity: str,
+    subsample: int,
+    desc_conf: str,
+    storage: str,
+) -> PairPrediction | None:
+    """The cached prediction of (i, j), stored in either orientation."""
+    hit = _cache_find(store, images, i, j, identity, subsample, desc_conf, storage)
+    if hit is None:
+        return None
+    return hit[2].swapped() if hit[1] else hit[2]
+
+
+class CachedPredictions(Sequence[PairPrediction]):
+    """Pair predictions read from the on-disk cache on access: only the pair being used is in memory, so a
+    thousand-view scene's full-resolution maps are streamed, never held together (``run_pairs(stream=True)``).
+
+    ``entries``: one ``(i, j, key, swapped)`` per pair (``swapped``: stored as (j, i))."""
+
+    def __init__(self, store: ArrayStore, entries: Sequence[tuple[int, int, str, bool]]) -> None:
+        self.store = store
+        self.entries = list(entries)
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def __getitem__(self, k: int) -> PairPrediction:  # type: ignore[override]
+        i, j, key, swapped = self.entries[k]
+        pred = load_pair(self.store, key, j, i) if swapped else load_pair(self.store, key, i, j)
+        if pred is None:
+            raise CacheError(
+                f"pair ({i}, {j}) disappeared from the cache {self.store.root} while in use "
+                "(deleted or corrupted meanwhile?): run again"
+            )
+        return pred.swapped() if swapped else pred
+
+    @property
+    def pairs(self) -> np.ndarray:
+        """(P, 2) image indices of the pairs, in order."""
+        return np.array([(i, j) for i, j, _, _ in self.entries], dtype=np.int64).reshape(-1, 2)
 
 
 __all__ = [
     "ArrayStore",
+    "CachedPredictions",
+    "CROSS_STEP",
+    "STORAGE_CHOICES",
+    "as_stored",
+    "check_storage",
     "CacheDir",
     "CacheInfo",
     "FORMAT_VERSION",
@@ -226,6 +403,7 @@ __all__ = [
     "hash_bytes",
     "hash_file",
     "load_pair",
+    "pair_cache_key",
     "pair_key",
     "save_pair",
 ]

@@ -162,6 +162,7 @@ def run_pairs_ray(
     threads: int | None = None,
     progress: bool = True,
     stats: dict[str, Any] | None = None,
+    storage: str = "compact",
 ) -> list[PairPrediction]:
     """Network predictions + matches for the pairs of a scene graph, computed by Ray workers.
 
@@ -188,7 +189,7 @@ def run_pairs_ray(
     """
     import torch
 
-    from .cache import CacheDir
+    from .cache import CacheDir, check_storage
     from .inference import CACHE_NAMESPACE, DESC_CONF_CHOICES, _batches, _cache_lookup, _check_pairs
 
     ray = _import_ray()
@@ -198,6 +199,7 @@ def run_pairs_ray(
     subsample = _check_int("subsample", subsample, 1)
     if desc_conf not in DESC_CONF_CHOICES:
         raise ConfigError(f"desc_conf={desc_conf!r}: must be one of {', '.join(DESC_CONF_CHOICES)}")
+    check_storage(storage)
     ckpt = Path(checkpoint_path)
     if not ckpt.is_file():
         raise InputError(f"checkpoint {ckpt} does not exist")
@@ -235,7 +237,7 @@ def run_pairs_ray(
         store = CacheDir(cache_root, identity).store(CACHE_NAMESPACE)
 
         def lookup(i: int, j: int) -> PairPrediction | None:
-            return _cache_lookup(store, loaded, i, j, identity, subsample, desc_conf)
+            return _cache_lookup(store, loaded, i, j, identity, subsample, desc_conf, storage)
 
         done = {(i, j): lookup(i, j) for i, j in todo_all.tolist()}
         done = {ij: pred for ij, pred in done.items() if pred is not None}
@@ -257,7 +259,7 @@ def run_pairs_ray(
             batches,
             groups,
             cache_root,
-            (subsample, desc_conf, batch_size, autocast),
+            (subsample, desc_conf, batch_size, autocast, storage),
             progress,
             len(todo_all),
             len(done),
@@ -299,14 +301,14 @@ def _run_groups(
     batches: list[Batch],
     groups: list[list[int]],
     cache_root: str,
-    params: tuple[int, str, int, str | None],
+    params: tuple[int, str, int, str | None, str],
     progress: bool,
     total: int,
     initial: int,
 ) -> list[dict[str, Any]]:
     """One call per group (group g on actor g); waits for all, with a progress bar counting pairs.
 
-    ``params``: (subsample, desc_conf, batch_size, autocast) passed to :meth:`PairWorker.run`.
+    ``params``: (subsample, desc_conf, batch_size, autocast, storage) passed to :meth:`PairWorker.run`.
     """
     from tqdm.auto import tqdm
 

@@ -17,7 +17,6 @@ reference does for that case.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import time
 import warnings
@@ -28,9 +27,18 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..errors import CacheError, ConfigError, InputError
+from ..errors import ConfigError, InputError
 from ..types import PairPrediction
-from .cache import ArrayStore, CacheDir, load_pair, pair_key, save_pair
+from .cache import (
+    CacheDir,
+    CachedPredictions,
+    _cache_find,
+    _cache_lookup,
+    as_stored,
+    check_storage,
+    pair_cache_key,
+    save_pair,
+)
 from .images import LoadedImage
 from .matching import extract_correspondences, match_pointmaps_3d, pair_score
 
@@ -43,23 +51,6 @@ DEFAULT_BATCH_SIZE = 4
 
 Result = Mapping[str, torch.Tensor]
 Shape = tuple[int, int]
-
-
-def _preprocess_tag(im: LoadedImage) -> str:
-    """Everything about an image's preparation that changes the network input (besides the file content)."""
-    return f"size={im.size},resized={im.resized_size[0]}x{im.resized_size[1]},crop={','.join(map(str, im.crop_box))}"
-
-
-def pair_cache_key(im_a: LoadedImage, im_b: LoadedImage, model_identity: str, subsample: int, desc_conf: str) -> str:
-    """Cache key of the ordered pair (a, b): content hashes, preprocessing, checkpoint, matching parameters."""
-    preprocess = json.dumps([_preprocess_tag(im_a), _preprocess_tag(im_b)])
-    return pair_key(
-        im_a.content_hash,
-        im_b.content_hash,
-        preprocess,
-        model_identity,
-        f"subsample={int(subsample)},desc_conf={desc_conf}",
-    )
 
 
 def _check_pairs(pairs: Any, n: int) -> np.ndarray:
@@ -236,62 +227,6 @@ def _batches(todo: np.ndarray, images: Sequence[LoadedImage], batch_size: int) -
         yield [(int(todo[k, 0]), int(todo[k, 1])) for k in batch]
 
 
-def _cache_find(
-    store: ArrayStore, images: Sequence[LoadedImage], i: int, j: int, identity: str, subsample: int, desc_conf: str
-) -> tuple[str, bool, PairPrediction] | None:
-    """The readable cache entry of (i, j) in either orientation: ``(key, swapped, prediction as stored)``
-    (``swapped``: stored as (j, i)), or None."""
-    key = pair_cache_key(images[i], images[j], identity, subsample, desc_conf)
-    pred = load_pair(store, key, i, j)
-    if pred is not None:
-        return key, False, pred
-    if i != j:
-        key = pair_cache_key(images[j], images[i], identity, subsample, desc_conf)
-        pred = load_pair(store, key, j, i)
-        if pred is not None:
-            return key, True, pred
-    return None
-
-
-def _cache_lookup(
-    store: ArrayStore, images: Sequence[LoadedImage], i: int, j: int, identity: str, subsample: int, desc_conf: str
-) -> PairPrediction | None:
-    """The cached prediction of (i, j), stored in either orientation."""
-    hit = _cache_find(store, images, i, j, identity, subsample, desc_conf)
-    if hit is None:
-        return None
-    return hit[2].swapped() if hit[1] else hit[2]
-
-
-class CachedPredictions(Sequence[PairPrediction]):
-    """Pair predictions read from the on-disk cache on access: only the pair being used is in memory, so a
-    thousand-view scene's full-resolution maps are streamed, never held together (``run_pairs(stream=True)``).
-
-    ``entries``: one ``(i, j, key, swapped)`` per pair (``swapped``: stored as (j, i))."""
-
-    def __init__(self, store: ArrayStore, entries: Sequence[tuple[int, int, str, bool]]) -> None:
-        self.store = store
-        self.entries = list(entries)
-
-    def __len__(self) -> int:
-        return len(self.entries)
-
-    def __getitem__(self, k: int) -> PairPrediction:  # type: ignore[override]
-        i, j, key, swapped = self.entries[k]
-        pred = load_pair(self.store, key, j, i) if swapped else load_pair(self.store, key, i, j)
-        if pred is None:
-            raise CacheError(
-                f"pair ({i}, {j}) disappeared from the cache {self.store.root} while in use "
-                "(deleted or corrupted meanwhile?): run again"
-            )
-        return pred.swapped() if swapped else pred
-
-    @property
-    def pairs(self) -> np.ndarray:
-        """(P, 2) image indices of the pairs, in order."""
-        return np.array([(i, j) for i, j, _, _ in self.entries], dtype=np.int64).reshape(-1, 2)
-
-
 @torch.inference_mode()
 def run_pairs(
     net: Any,
@@ -306,6 +241,7 @@ def run_pairs(
     progress: bool = True,
     stats: dict[str, Any] | None = None,
     stream: bool = False,
+    storage: str = "compact",
 ) -> Sequence[PairPrediction]:
     """Network predictions + matches for the pairs of a scene graph.
 
@@ -327,6 +263,10 @@ def run_pairs(
         stream: (needs ``cache``) keep no prediction in memory: each is written to the cache as soon as it is
             computed and the result is a :class:`CachedPredictions` that reads them back on access, so memory does
             not grow with the number of pairs.
+        storage: ``"compact"`` (float16 own-frame maps, cross-frame maps on every 4th pixel: what the alignment
+            reads, a quarter of the bytes) or ``"float32"`` (lossless); see :mod:`sparsega.frontend.cache`. The
+            predictions returned are the stored ones with or without a cache, so a rerun from the cache aligns
+            exactly the same numbers.
 
     Returns:
         one :class:`PairPrediction` per pair (a list, or a :class:`CachedPredictions` with ``stream``), float32
@@ -340,6 +280,7 @@ def run_pairs(
         raise ConfigError(f"subsample={subsample!r}: must be a positive integer")
     if len(images) == 0:
         raise InputError("no images given")
+    check_storage(storage)
     if stream and cache is None:
         raise ConfigError("run_pairs(stream=True) needs a cache to stream the predictions from")
     todo_all = _check_pairs(pairs, len(images))
@@ -353,11 +294,11 @@ def run_pairs(
     if store is not None:
         for i, j in todo_all.tolist():
             if stream:
-                hit = _cache_find(store, images, i, j, identity, subsample, desc_conf)  # read once to validate
+                hit = _cache_find(store, images, i, j, identity, subsample, desc_conf, storage)  # validate
                 if hit is not None:
                     found[(i, j)] = hit[:2]
                 continue
-            pred = _cache_lookup(store, images, i, j, identity, subsample, desc_conf)
+            pred = _cache_lookup(store, images, i, j, identity, subsample, desc_conf, storage)
             if pred is not None:
                 results[(i, j)] = pred
     have = found if stream else results
@@ -378,10 +319,11 @@ def run_pairs(
                 for (i, j), (r11, r21, r22, r12) in zip(batch, outs):
                     t0 = time.perf_counter()
                     pred = predict_pair(i, j, r11, r21, r22, r12, subsample=int(subsample), desc_conf=desc_conf)
+                    pred = as_stored(pred, storage)
                     match_s += time.perf_counter() - t0
                     if store is not None:
-                        key = pair_cache_key(images[i], images[j], identity, subsample, desc_conf)
-                        save_pair(store, key, pred)
+                        key = pair_cache_key(images[i], images[j], identity, subsample, desc_conf, storage)
+                        save_pair(store, key, pred, storage)
                         found[(i, j)] = (key, False)
                     if not stream:
                         results[(i, j)] = pred

@@ -71,11 +71,12 @@ class PairWorker:
         desc_conf: str,
         batch_size: int,
         autocast: str | None,
+        storage: str = "compact",
     ) -> dict[str, Any]:
         """Compute the batches not complete in the cache; returns counts and the keys written."""
         import torch
 
-        from .cache import CacheDir, save_pair
+        from .cache import CacheDir, as_stored, save_pair
         from .inference import CACHE_NAMESPACE, _autocast_ctx, _decode_batch, _FeatureBank, pair_cache_key, predict_pair
 
         net = self.net
@@ -83,7 +84,7 @@ class PairWorker:
         store = CacheDir(cache_root, identity).store(CACHE_NAMESPACE)
 
         def key(i: int, j: int) -> str:
-            return pair_cache_key(images[i], images[j], identity, subsample, desc_conf)
+            return pair_cache_key(images[i], images[j], identity, subsample, desc_conf, storage)
 
         def cached(i: int, j: int) -> bool:
             return store.has(key(i, j)) or store.has(key(j, i))
@@ -104,7 +105,7 @@ class PairWorker:
                     computed += 1
                     bank.release(i, j)
                     if not cached(i, j):  # a batch cut by a crash: only its missing members are written
-                        save_pair(store, key(i, j), pred)
+                        save_pair(store, key(i, j), as_stored(pred, storage), storage)
                         written.append(key(i, j))
                         self._saved(key(i, j))
         return {

@@ -132,6 +132,8 @@ def _layout(spec: SceneSpec, rng: np.random.Generator) -> tuple[Geometry, np.nda
         for k in range(n):
             cams[k] = look_at(eyes[k], targets[k], rolls[k])
         return geom, cams
+    if spec.kind == "loop":
+        return _loop_layout(spec, rng)
     # walk: a corridor along +x, objects on both sides, the middle kept clear for the cameras
     step = min(spec.step, spec.max_walk / max(n - 1, 1))
     length = step * (n - 1)
@@ -168,6 +170,56 @@ def _layout(spec: SceneSpec, rng: np.random.Generator) -> tuple[Geometry, np.nda
             [math.cos(yaw[k]) * math.cos(pitch[k]), math.sin(yaw[k]) * math.cos(pitch[k]), math.sin(pitch[k])]
         )
         eye = np.array([xs[k], ys[k], zs[k]])
+        cams[k] = look_at(eye, eye + fwd, rolls[k])
+    return geom, cams
+
+
+def _loop_layout(spec: SceneSpec, rng: np.random.Generator) -> tuple[Geometry, np.ndarray]:
+    """A ring corridor around a central block, objects along both of its walls; the cameras walk once around it,
+    looking ahead, so the last views see the first views' place again."""
+    n, big_r = spec.n_views, float(spec.loop_radius)
+    if big_r < 3.5:
+        raise ConfigError(f"loop_radius={big_r!r}: must be >= 3.5 (the corridor is 4 m wide)")
+    lo, hi = np.array([-big_r - 3.0, -big_r - 3.0, 0.0]), np.array([big_r + 3.0, big_r + 3.0, 3.2])
+    inner = (big_r - 2.0) / math.sqrt(2.0) - 0.1  # the central block's corners stay inside the corridor
+    spheres: list[list[float]] = []
+    boxes: list[list[float]] = [[0.0, 0.0, 1.6, inner, inner, 1.6, 0.0]]
+    for wall_r, sign in ((big_r + 2.0, 1.0), (big_r - 2.0, -1.0)):  # outer wall, inner wall
+        theta = rng.uniform(0, 0.2)
+        while theta < 2 * np.pi - 0.05:
+            kind = rng.integers(3)
+            c, s = math.cos(theta), math.sin(theta)
+            if kind == 0:  # box against the wall
+                hx, hy, hz = rng.uniform(0.2, 0.5), rng.uniform(0.2, 0.5), rng.uniform(0.3, 1.2)
+                r = wall_r - sign * (hy + rng.uniform(0, 0.3))
+                boxes.append([r * c, r * s, hz, hx, hy, hz, theta + rng.uniform(-0.25, 0.25)])
+            elif kind == 1:  # pillar
+                r = wall_r - sign * rng.uniform(0.5, 1.0)
+                boxes.append([r * c, r * s, 1.6, 0.15, 0.15, 1.6, rng.uniform(0, np.pi / 2)])
+            else:  # ball on the floor or hanging
+                rad = rng.uniform(0.2, 0.4)
+                z = rad if rng.uniform() < 0.5 else rng.uniform(1.0, 2.6)
+                r = wall_r - sign * rng.uniform(0.5 + rad, 1.0 + rad)
+                spheres.append([r * c, r * s, z, rad])
+            theta += rng.uniform(0.8, 1.8) / wall_r
+    geom = _geometry(rng, lo, hi, spheres, boxes)
+    theta = 2 * np.pi * np.arange(n) / max(n, 1) + rng.normal(0, 0.08 * 2 * np.pi / max(n, 1), n)
+    freqs, phases = rng.uniform(0.15, 0.6, 3), rng.uniform(0, 2 * np.pi, (2, 3))
+    # smooth deviations periodic in the loop (whole numbers of periods), so the end meets the start
+    periods = np.maximum(np.round(freqs * big_r), 1.0)
+    smooth_r = np.sin(np.outer(theta, periods) + phases[0]).sum(axis=1) / 3
+    smooth_yaw = np.sin(np.outer(theta, periods[::-1]) + phases[1]).sum(axis=1) / 3
+    rs = big_r + 0.3 * smooth_r + rng.normal(0, 0.03, n)
+    zs = 1.6 + rng.normal(0, 0.03, n)
+    heading = theta + np.pi / 2 + math.radians(15.0) * smooth_yaw + rng.normal(0, math.radians(2.0), n)
+    pitch = rng.normal(math.radians(-4.0), math.radians(2.0), n)
+    rolls = rng.normal(0, math.radians(1.5), n)
+    cams = np.empty((n, 4, 4))
+    for k in range(n):
+        fwd = np.array(
+            [math.cos(heading[k]) * math.cos(pitch[k]), math.sin(heading[k]) * math.cos(pitch[k]), math.sin(pitch[k])]
+        )
+        eye = np.array([rs[k] * math.cos(theta[k]), rs[k] * math.sin(theta[k]), zs[k]])
         cams[k] = look_at(eye, eye + fwd, rolls[k])
     return geom, cams
 

@@ -17,7 +17,7 @@ import numpy as np
 
 from ..errors import ConfigError
 
-KINDS = ("orbit", "walk", "hemisphere")
+KINDS = ("orbit", "walk", "hemisphere", "loop")
 
 
 def base_focal(height: int, width: int) -> float:
@@ -31,8 +31,9 @@ class SceneSpec:
 
     Attributes:
         kind: camera layout, ``"orbit"`` (circle around an object cluster, looking at it), ``"walk"`` (forward
-            walk along a corridor lined with objects) or ``"hemisphere"`` (random positions on an upper
-            hemisphere, looking at the centre).
+            walk along a corridor lined with objects), ``"hemisphere"`` (random positions on an upper
+            hemisphere, looking at the centre) or ``"loop"`` (forward walk once around a ring corridor lined with
+            objects, ending where it started: a sequence whose last views revisit its first place).
         n_views: number of cameras (>= 1).
         height, width: landscape image size in pixels, multiples of 16.
         seed: everything random (objects, cameras, focals, textures) derives from it.
@@ -42,6 +43,7 @@ class SceneSpec:
         radius: camera distance to the centre (orbit, hemisphere), metres.
         step: distance between consecutive walk cameras (shrunk so the walk is at most ``max_walk`` long).
         max_walk: longest walk, metres.
+        loop_radius: radius of the loop's path, metres (the corridor spans +-2 m around it).
     """
 
     kind: str = "orbit"
@@ -55,6 +57,7 @@ class SceneSpec:
     radius: float = 3.0
     step: float = 0.35
     max_walk: float = 24.0
+    loop_radius: float = 6.0
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -165,6 +168,26 @@ class SyntheticScene:
         """(H, W, 3) float64 world points seen by every pixel of view ``i``."""
         pc = self.points_cam(i)
         return pc @ self.cam2w[i, :3, :3].T + self.cam2w[i, :3, 3]
+
+    def covisibility(self, step: int = 16, tol: float = 0.02) -> np.ndarray:
+        """(N, N) float64 ground-truth overlap: entry (i, j) is the share of view i's pixels (every ``step``-th)
+        whose surface point view j sees (inside its image, not hidden: depth within ``tol`` relative); 1 on the
+        diagonal. Not symmetric (a close view sees less of a far one's image than the other way round)."""
+        n = self.n_views
+        out = np.eye(n)
+        grids = [self.points(i)[step // 2 :: step, step // 2 :: step].reshape(-1, 3) for i in range(n)]
+        for j in range(n):
+            h, w = self.depthmaps[j].shape
+            for i in range(n):
+                if i == j:
+                    continue
+                uv, z = self.project(j, grids[i])
+                u, v = np.rint(uv[:, 0]), np.rint(uv[:, 1])
+                inside = (z > 0) & (u >= 0) & (u < w) & (v >= 0) & (v < h)
+                ui, vi = u[inside].astype(np.int64), v[inside].astype(np.int64)
+                seen = np.abs(self.depthmaps[j][vi, ui] - z[inside]) <= tol * z[inside]
+                out[i, j] = seen.sum() / len(z)
+        return out
 
     def project(self, j: int, world: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Project world points (..., 3) into view ``j``: pixel (x, y) (..., 2) and z-depth (...,) float64."""
