@@ -14,6 +14,15 @@ pairs:
   pairs of equal shapes) per decoder call;
 - ``baseline``: the reference's way: ``symmetric_inference`` per pair, which encodes both images again for every pair.
 
+``--against-reference``: the reference itself (naver's MASt3R built by ``../shared/bench/setup_reference.sh``) run
+in its own interpreter by ``ref_inference_child.py``: one checkpoint file of seeded random weights loaded by both
+systems, the same PNGs, the same first ``--pairs`` pairs; per-stage seconds per pair of both (encoder, decoders +
+heads, matching, cache write), the full-graph projection of ours (encoder cost x N / P), and the agreement of the
+first pair's outputs (max relative difference of every map, share of identical matches)::
+
+    MAST3R_REF=/tmp/ref/mast3r MAST3R_EXTRA_PATH=../shared/bench/refstubs REF_PY=/tmp/refenv/bin/python \
+        python benchmarks/bench_inference.py --against-reference --pairs 2 --threads 2
+
 Matching (reciprocal NNs on the descriptors) is the same code for both and is reported separately. With ``--pairs K``
 only the first K pairs run; the table then also extrapolates to the whole graph from the measured per-image encoder
 and per-pair decoder costs (ours encodes each of the N images once, the baseline encodes 2 images per pair).
@@ -25,6 +34,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import platform
 import sys
 import tempfile
@@ -150,6 +160,120 @@ def run(args: argparse.Namespace) -> dict:
     return out
 
 
+def against_reference(args: argparse.Namespace) -> dict:
+    """Side by side with naver's MASt3R (``ref_inference_child.py`` under ``--ref-python``): one checkpoint file of
+    seeded random weights loaded by both, the same PNGs, the same first ``--pairs`` pairs of the graph; seconds per
+    pair by stage for both, and the agreement of the first pair's outputs."""
+    import subprocess
+
+    import numpy as np
+    import torch
+
+    from sparsega.frontend.cache import CacheDir
+    from sparsega.frontend.images import load_images
+    from sparsega.frontend.inference import run_pairs
+    from sparsega.frontend.model import build_net, load_checkpoint
+    from sparsega.frontend.pairs import make_pairs, unique_pairs
+
+    ref_root = os.environ.get("MAST3R_REF")
+    if not ref_root or not args.ref_python:
+        raise SystemExit("--against-reference needs MAST3R_REF (a naver/mast3r checkout) and --ref-python / REF_PY")
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    text = TINY_MAST3R if args.tiny else VITL_MAST3R
+    out: dict = {"model": "tiny" if args.tiny else "ViT-L MASt3R (random weights)", "threads": args.threads}
+    with tempfile.TemporaryDirectory() as tmp_name:
+        tmp = Path(tmp_name)
+        net = build_net(text).eval()
+        ckpt = tmp / "random_weights.pth"
+        torch.save({"args": argparse.Namespace(model=text), "model": net.state_dict()}, ckpt)
+        del net
+        paths = make_photos(tmp, args.n_images, 2 * args.width, 2 * args.height, args.seed)
+        all_pairs = unique_pairs(make_pairs(args.n_images, args.scene_graph))
+        pairs = all_pairs[: args.pairs] if args.pairs else all_pairs
+
+        # the reference, in its own interpreter
+        env = dict(os.environ)
+        extra = [p for p in os.environ.get("MAST3R_EXTRA_PATH", "").split(os.pathsep) if p]
+        env["PYTHONPATH"] = os.pathsep.join([ref_root, *extra])
+        env["OMP_NUM_THREADS"] = str(args.threads)
+        child = Path(__file__).with_name("ref_inference_child.py")
+        cmd = [args.ref_python, str(child), "--checkpoint", str(ckpt), "--images", *paths]
+        cmd += ["--pairs", json.dumps(pairs.tolist()), "--size", str(args.width), "--threads", str(args.threads)]
+        cmd += ["--out", str(tmp / "ref.npz")]
+        done = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
+        if done.returncode != 0:
+            raise SystemExit(f"reference run failed:\n{done.stderr[-3000:]}")
+        ref = json.loads(done.stdout.strip().splitlines()[-1])
+        ref_out = dict(np.load(tmp / "ref.npz"))
+
+        # ours: load the same file, same images, float32, with an on-disk cache (its writes are timed)
+        t0 = time.perf_counter()
+        net = load_checkpoint(ckpt)
+        t_load = time.perf_counter() - t0
+        images = load_images(paths, size=args.width)
+        stats: dict = {}
+        t0 = time.perf_counter()
+        preds = run_pairs(
+            net,
+            images,
+            pairs,
+            cache=CacheDir(tmp / "cache", net.identity),
+            batch_size=args.batch_size,
+            progress=False,
+            stats=stats,
+            storage=args.storage,
+        )
+        ours_total = time.perf_counter() - t0
+    p, n_all, p_all = len(pairs), args.n_images, len(all_pairs)
+    enc_img = stats["encode_s"] / max(stats["encoded"], 1)
+    write_s = ours_total - stats["encode_s"] - stats["decode_s"] - stats["matching_s"]
+    ours_rest = (stats["decode_s"] + stats["matching_s"] + write_s) / p
+    ours_full = (n_all * enc_img) / p_all + ours_rest
+    ref_pp = float(np.mean(ref["per_pair_s"]))
+    out.update(
+        image_hw=list(images[0].true_shape),
+        scene_graph=f"{args.scene_graph} over {n_all} images = {p_all} pairs",
+        pairs_timed=p,
+        storage=args.storage,
+        load_s={"ours": round(t_load, 2), "reference": round(ref["load_s"], 2)},
+        ours_s_per_pair={
+            "encoder (per image encoded, x N/P on the full graph)": round(enc_img, 3),
+            "encoder, full graph share": round(n_all * enc_img / p_all, 3),
+            "decoders + heads": round(stats["decode_s"] / p, 3),
+            "matching": round(stats["matching_s"] / p, 3),
+            "cache write + bookkeeping": round(write_s / p, 3),
+            "total, measured pairs": round(ours_total / p, 3),
+            "total, full graph": round(ours_full, 3),
+        },
+        reference_s_per_pair={
+            "encoder (2 images per pair)": round(ref["encode_s"] / p, 3),
+            "decoders + heads": round(ref["decode_heads_s"] / p, 3),
+            "matching": round(ref["matching_s"] / p, 3),
+            "cache write": round(ref["cache_write_s"] / p, 3),
+            "total": round(ref_pp, 3),
+        },
+        speedup_full_graph=round(ref_pp / ours_full, 3),
+        speedup_measured_pairs=round(ref_pp / (ours_total / p), 3),
+    )
+    first = preds[0]
+    rel = {}
+    for name in ("11", "21", "22", "12"):
+        for field in ("pts", "conf"):
+            r, o = ref_out[f"{field}{name}"], getattr(first, f"{field}{name}")
+            rel[f"{field}{name}"] = float(np.abs(o - r).max() / max(np.abs(r).max(), 1e-12))
+    out["max_rel_diff_first_pair"] = {k: f"{v:.2e}" for k, v in rel.items()}
+    mine = {tuple(x) for x in np.concatenate([first.xy1, first.xy2], 1).tolist()}
+    theirs = {tuple(x) for x in np.concatenate([ref_out["xy1"], ref_out["xy2"]], 1).tolist()}
+    out["matches_first_pair"] = {
+        "ours": len(mine),
+        "reference": len(theirs),
+        "identical": len(mine & theirs),
+        "share_identical": round(len(mine & theirs) / max(len(mine | theirs), 1), 5),
+    }
+    return out
+
+
 def table(r: dict) -> str:
     rows = [
         ("model", r["model"]),
@@ -187,6 +311,14 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--tiny", action="store_true", help="tiny network config (plumbing check)")
     ap.add_argument("--no-baseline", action="store_true")
+    ap.add_argument(
+        "--against-reference",
+        action="store_true",
+        help="side by side with naver's MASt3R (needs MAST3R_REF, MAST3R_EXTRA_PATH as for ../shared/bench, and "
+        "--ref-python); the same random weights loaded by both from one checkpoint file",
+    )
+    ap.add_argument("--ref-python", default=os.environ.get("REF_PY"), help="the reference's interpreter (REF_PY)")
+    ap.add_argument("--storage", default="float32", help="our cache form in --against-reference (compact/float32)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     import torch
@@ -195,6 +327,10 @@ def main() -> None:
     if args.threads is None:
         args.threads = torch.get_num_threads()
     logging.basicConfig(level=logging.WARNING)
+    if args.against_reference:
+        r = against_reference(args)
+        print(json.dumps(r, indent=None if args.json else 1))
+        return
     r = run(args)
     if args.json:
         json.dump(r, sys.stdout)
