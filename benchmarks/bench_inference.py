@@ -274,6 +274,58 @@ def against_reference(args: argparse.Namespace) -> dict:
     return out
 
 
+def precision(args: argparse.Namespace) -> dict:
+    """Deviation of reduced precision (``--autocast``, default bf16) from float32 on the golden checkpoints shipped
+    with the tests (and on the ViT-L random-weights net unless ``--tiny``): max relative difference of every map and
+    share of identical matches over the first ``--pairs`` pairs of rendered photos; seconds of both runs."""
+    import numpy as np
+    import torch
+
+    from sparsega.frontend.images import load_images
+    from sparsega.frontend.inference import run_pairs
+    from sparsega.frontend.model import build_net, load_checkpoint
+    from sparsega.frontend.pairs import make_pairs, unique_pairs
+
+    torch.set_num_threads(args.threads)
+    golden = Path(__file__).resolve().parents[1] / "tests" / "data" / "golden"
+    nets = [(name, load_checkpoint(golden / f"{name}.pth")) for name in ("model_tiny_a", "dust3r_tiny")]
+    if not args.tiny:
+        torch.manual_seed(args.seed)
+        nets.append(("ViT-L random weights", build_net(VITL_MAST3R).eval().requires_grad_(False)))
+    mode = args.autocast or "bf16"
+    rows = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        paths = make_photos(Path(tmp), args.n_images, 2 * args.width, 2 * args.height, args.seed)
+        pairs = unique_pairs(make_pairs(args.n_images, args.scene_graph))[: args.pairs or 4]
+        for name, net in nets:
+            images = load_images(paths, size=224 if max(net.img_size) <= 224 else args.width)
+            runs = {}
+            for ac in (None, mode):
+                t0 = time.perf_counter()
+                runs[ac] = run_pairs(net, images, pairs, progress=False, storage="float32", autocast=ac)
+                runs[f"{ac}_s"] = time.perf_counter() - t0
+            rel: dict[str, float] = {}
+            same = total = 0
+            for full, low in zip(runs[None], runs[mode]):
+                for field in ("pts11", "pts21", "pts22", "pts12", "conf11", "conf21", "conf22", "conf12"):
+                    a, b = getattr(full, field), getattr(low, field)
+                    key = field[:-2]  # pts / conf: the worst of the four maps
+                    rel[key] = max(rel.get(key, 0.0), float(np.abs(b - a).max() / np.abs(a).max()))
+                m_full = {tuple(x) for x in np.concatenate([full.xy1, full.xy2], 1).tolist()}
+                m_low = {tuple(x) for x in np.concatenate([low.xy1, low.xy2], 1).tolist()}
+                same += len(m_full & m_low)
+                total += len(m_full | m_low)
+            rows[name] = {
+                "image_hw": list(images[0].true_shape),
+                "pairs": len(pairs),
+                "max_rel_diff": {k: f"{v:.2e}" for k, v in rel.items()},
+                "share_identical_matches": round(same / max(total, 1), 4),
+                "float32_s": round(runs["None_s"], 2),
+                f"{mode}_s": round(runs[f"{mode}_s"], 2),
+            }
+    return {"autocast": mode, "device": "cpu", "threads": args.threads, "nets": rows}
+
+
 def table(r: dict) -> str:
     rows = [
         ("model", r["model"]),
@@ -317,6 +369,11 @@ def main() -> None:
         help="side by side with naver's MASt3R (needs MAST3R_REF, MAST3R_EXTRA_PATH as for ../shared/bench, and "
         "--ref-python); the same random weights loaded by both from one checkpoint file",
     )
+    ap.add_argument(
+        "--precision",
+        action="store_true",
+        help="deviation of --autocast (default bf16) from float32 on the golden checkpoints and the ViT-L net",
+    )
     ap.add_argument("--ref-python", default=os.environ.get("REF_PY"), help="the reference's interpreter (REF_PY)")
     ap.add_argument("--storage", default="float32", help="our cache form in --against-reference (compact/float32)")
     ap.add_argument("--json", action="store_true")
@@ -327,6 +384,9 @@ def main() -> None:
     if args.threads is None:
         args.threads = torch.get_num_threads()
     logging.basicConfig(level=logging.WARNING)
+    if args.precision:
+        print(json.dumps(precision(args), indent=None if args.json else 1))
+        return
     if args.against_reference:
         r = against_reference(args)
         print(json.dumps(r, indent=None if args.json else 1))

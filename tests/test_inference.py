@@ -8,7 +8,6 @@ from typing import Any
 
 import numpy as np
 import pytest
-import torch
 
 from sparsega.errors import CacheError, ConfigError, InputError
 from sparsega.frontend.cache import CacheDir
@@ -203,6 +202,23 @@ def test_option_errors(net: MASt3RNet, images: list[LoadedImage]) -> None:
         run_pairs(net, images, np.array([[1, 1]]), progress=False)
     with pytest.raises(InputError, match="outside"):
         run_pairs(net, images, np.array([[0, 9]]), progress=False)
-    if not torch.cuda.is_available():
-        with pytest.warns(UserWarning, match="only used on CUDA"):
-            run_pairs(net, images[:2], pairs, autocast="bf16", progress=False)
+    with pytest.warns(UserWarning, match="running cpu in float32"):
+        run_pairs(net, images[:2], pairs, autocast="fp16", progress=False)
+
+
+def test_bf16_autocast_on_cpu_stays_close_to_float32(
+    net: MASt3RNet, images: list[LoadedImage], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """CPU bf16 autocast runs the backbone in bfloat16 (heads float32): results differ from float32, but only by
+    bfloat16 rounding; without native bf16 a warning says it is emulated."""
+    from sparsega.frontend import inference
+
+    pairs = np.array([[0, 1]])
+    full = run_pairs(net, images, pairs, progress=False, storage="float32")[0]
+    monkeypatch.setattr(inference, "cpu_has_native_bf16", lambda: False)
+    with pytest.warns(UserWarning, match="emulated"):
+        half = run_pairs(net, images, pairs, progress=False, storage="float32", autocast="bf16")[0]
+    scale = np.abs(full.pts11).max()
+    diff = np.abs(half.pts11 - full.pts11).max() / scale
+    assert 0 < diff < 0.1, diff
+    assert np.isfinite(half.conf11).all() and half.n_matches > 0

@@ -187,8 +187,8 @@ def _looks_like_store(folder: Path) -> bool:
 # cross-frame maps (pts21, conf21, pts12, conf12) are read only on a grid (pairwise Procrustes on every 4th pixel,
 # fallback targets at anchor pixels, multiples of 4 for the default subsample 8), so they are kept on every
 # CROSS_STEP-th pixel in float16 and read back by nearest-neighbour repetition (exact on that grid).
-# 512x384: 12.6 MB -> 3.3 MB per pair. A map whose values float16 cannot hold (overflow, or depths so small that
-# float16 loses precision) stays float32.
+# 512x384: the maps take 3.3 MB per pair instead of 12.6 MB. A map whose values float16 cannot hold (overflow, or
+# depths so small that float16 loses precision) stays float32.
 STORAGE_CHOICES = ("compact", "float32")
 CROSS_STEP = 4
 _OWN_MAPS = ("pts11", "conf11", "pts22", "conf22")
