@@ -326,6 +326,75 @@ def precision(args: argparse.Namespace) -> dict:
     return {"autocast": mode, "device": "cpu", "threads": args.threads, "nets": rows}
 
 
+def _rss_mb() -> float:
+    """This process's resident memory now (VmRSS), MB; 0 where /proc is missing."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
+
+
+def memory(args: argparse.Namespace) -> dict:
+    """Resident memory of the front-end over a long run: ``--n-images`` photos (default graph swin-5), the golden
+    tiny MASt3R checkpoint at its 224 size, predictions streamed to an on-disk cache as ``reconstruct`` does;
+    RSS is sampled every 0.1 s and reported against the number of pairs written so far."""
+    import threading
+
+    import torch
+
+    from sparsega.frontend.cache import CacheDir
+    from sparsega.frontend.images import load_images
+    from sparsega.frontend.inference import CACHE_NAMESPACE, run_pairs
+    from sparsega.frontend.model import load_checkpoint
+    from sparsega.frontend.pairs import make_pairs, unique_pairs
+
+    torch.set_num_threads(args.threads)
+    golden = Path(__file__).resolve().parents[1] / "tests" / "data" / "golden" / "model_tiny_a.pth"
+    net = load_checkpoint(golden)
+    samples: list[tuple[float, int, float]] = []
+    stop = threading.Event()
+    with tempfile.TemporaryDirectory() as tmp:
+        paths = make_photos(Path(tmp), args.n_images, 2 * args.width, 2 * args.height, args.seed)
+        images = load_images(paths, size=224)
+        pairs = unique_pairs(make_pairs(args.n_images, args.scene_graph))
+        cache = CacheDir(Path(tmp) / "cache", net.identity)
+        entries = Path(tmp) / "cache" / CACHE_NAMESPACE
+
+        def sample() -> None:
+            t0 = time.perf_counter()
+            while not stop.is_set():
+                written = sum(1 for _ in entries.rglob("*.safetensors")) if entries.is_dir() else 0
+                samples.append((time.perf_counter() - t0, written, _rss_mb()))
+                stop.wait(0.1)
+
+        rss_start = _rss_mb()
+        thread = threading.Thread(target=sample, daemon=True)
+        thread.start()
+        t0 = time.perf_counter()
+        run_pairs(net, images, pairs, cache=cache, stream=True, progress=False)
+        wall = time.perf_counter() - t0
+        stop.set()
+        thread.join()
+    p = len(pairs)
+    marks = {}
+    for frac in (0.1, 0.25, 0.5, 0.75, 1.0):
+        upto = [rss for _, written, rss in samples if written <= round(frac * p)]
+        marks[f"peak RSS MB up to {round(frac * p)} pairs"] = round(max(upto), 1) if upto else None
+    return {
+        "net": "model_tiny_a (golden checkpoint)",
+        "image_hw": list(images[0].true_shape),
+        "graph": f"{args.scene_graph} over {args.n_images} images = {p} pairs",
+        "rss_before_mb": round(rss_start, 1),
+        **marks,
+        "wall_s": round(wall, 1),
+        "threads": args.threads,
+    }
+
+
 def table(r: dict) -> str:
     rows = [
         ("model", r["model"]),
@@ -374,6 +443,11 @@ def main() -> None:
         action="store_true",
         help="deviation of --autocast (default bf16) from float32 on the golden checkpoints and the ViT-L net",
     )
+    ap.add_argument(
+        "--memory",
+        action="store_true",
+        help="peak RSS against pairs done over --n-images photos (use 50), tiny golden checkpoint, streamed cache",
+    )
     ap.add_argument("--ref-python", default=os.environ.get("REF_PY"), help="the reference's interpreter (REF_PY)")
     ap.add_argument("--storage", default="float32", help="our cache form in --against-reference (compact/float32)")
     ap.add_argument("--json", action="store_true")
@@ -384,6 +458,9 @@ def main() -> None:
     if args.threads is None:
         args.threads = torch.get_num_threads()
     logging.basicConfig(level=logging.WARNING)
+    if args.memory:
+        print(json.dumps(memory(args), indent=None if args.json else 1))
+        return
     if args.precision:
         print(json.dumps(precision(args), indent=None if args.json else 1))
         return

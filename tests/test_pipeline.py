@@ -61,6 +61,21 @@ def test_reconstruct_scene_and_cached_rerun(
         np.testing.assert_array_equal(a, b)
 
 
+def test_storage_forms_keep_their_own_entries(net: MASt3RNet, paths: list[str], tmp_path: Path) -> None:
+    """A float32 run and a compact run of the same pairs do not serve each other's entries; each rerun hits."""
+    cache = tmp_path / "c"
+    full = sparsega.reconstruct(paths[:2], net, "complete", size=64, cache_dir=cache, storage="float32", **FAST)
+    compact = sparsega.reconstruct(paths[:2], net, "complete", size=64, cache_dir=cache, **FAST)
+    assert full.info["inference"]["computed"] == 1 and compact.info["inference"]["computed"] == 1
+    again = sparsega.reconstruct(paths[:2], net, "complete", size=64, cache_dir=cache, storage="float32", **FAST)
+    assert again.info["inference"]["cache_hits"] == 1
+    np.testing.assert_array_equal(again.cam2w, full.cam2w)
+    entries = sorted((cache / "pairs").rglob("*.safetensors"))
+    assert len(entries) == 2
+    sizes = sorted(e.stat().st_size for e in entries)
+    assert sizes[0] < 0.5 * sizes[1]  # the compact entry
+
+
 def test_cache_of_another_checkpoint_is_refused(net: MASt3RNet, paths: list[str], cache: Path) -> None:
     sparsega.reconstruct(paths[:2], net, "complete", size=64, cache_dir=cache, **FAST)
     with pytest.raises(CacheError, match="written by checkpoint"):
@@ -98,7 +113,7 @@ def test_duplicates_and_single_image(net: MASt3RNet, paths: list[str], cache: Pa
 
 def test_bad_options_fail_before_any_work(net: MASt3RNet, paths: list[str], monkeypatch: pytest.MonkeyPatch) -> None:
     counter = CallCounter(net, monkeypatch)
-    bad: list[dict[str, Any]] = [{"scene_graph": "bogus"}, {"niter1": -1}, {"not_an_option": 1}]
+    bad: list[dict[str, Any]] = [{"scene_graph": "bogus"}, {"niter1": -1}, {"not_an_option": 1}, {"storage": "half"}]
     for kw in bad:
         with pytest.raises(ConfigError):
             sparsega.reconstruct(paths, net, **{"scene_graph": "complete", "size": 64, **kw})
