@@ -33,6 +33,8 @@ def _errors(scene, gt_cam2w, gt_focals, extent, new) -> dict:
     centre = np.linalg.norm(moved[new, :3, 3] - gt_cam2w[new, :3, 3], axis=1) / extent
     rel = np.einsum("nji,njk->nik", gt_cam2w[new, :3, :3], moved[new, :3, :3])
     ang = np.degrees(np.arccos(np.clip((np.trace(rel, axis1=1, axis2=2) - 1) / 2, -1, 1)))
+    if len(new) == 0:  # the old reconstruction alone: no new views
+        centre, ang = np.zeros(1), np.zeros(1)
     return {
         "ate_rel": round(float(m["ate_rel"]), 4),
         "rot_err_med": round(float(m["rot_err_med"]), 3),
@@ -80,6 +82,9 @@ def run_scene(kind: str, n: int, args: argparse.Namespace) -> list[dict]:
     base = {"scene": f"{kind} {n}", "graph": args.graph, "old_views": n_old, "new_views": n_new}
     rows.append({**base, "run": "one-shot", "pairs": len(preds), "wall_s": round(t_one, 1)})
     rows[-1].update(_errors(one, cam2w, focals, sc.extent, new))
+    old_idx = np.arange(n_old)
+    rows.append({**base, "run": "old views alone", "pairs": len(old_preds), "wall_s": round(t_old, 1)})
+    rows[-1].update(_errors(old, cam2w[old_idx], focals[old_idx], sc.extent, old_idx[:0]))
     for fix_old in (True, False):
         t0 = time.perf_counter()
         ext = align_extend(old, new_preds, cfg, fix_old=fix_old)
