@@ -47,6 +47,25 @@ def test_frnn_float64_and_blocking(monkeypatch: pytest.MonkeyPatch) -> None:
     np.testing.assert_array_equal(i2, G["frnn_21_11_idx2"])
 
 
+def test_running_best_search_equals_the_tile_table(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The CPU running-best search returns exactly the per-tile table's neighbours, ties included (descriptors
+    with many exact duplicates, small tiles so that maxima recur across tiles)."""
+    rng = np.random.default_rng(5)
+    base = rng.standard_normal((40, 24)).astype(np.float32)
+    base /= np.linalg.norm(base, axis=1, keepdims=True)
+    db = torch.from_numpy(base[rng.integers(0, 40, 3000)])  # every vector repeated ~75 times: ties everywhere
+    q = torch.from_numpy(base[rng.integers(0, 40, 500)] + 0.01 * rng.standard_normal((500, 24)).astype(np.float32))
+    monkeypatch.setattr(matching, "_BLOCK_ELEMS", 4096)
+    fast = matching._dot_nn(db)(q)
+    monkeypatch.setattr(matching, "_RUNNING_BEST", False)
+    table = matching._dot_nn(db)(q)
+    np.testing.assert_array_equal(fast.numpy(), table.numpy())
+    sims = q.numpy() @ db.numpy().T
+    assert (sims[np.arange(500), fast.numpy()] == sims.max(1)).all()
+    first = np.argmax(sims == sims.max(1, keepdims=True), axis=1)  # lowest index among the maxima
+    np.testing.assert_array_equal(fast.numpy(), first)
+
+
 def test_frnn_pairs_are_reciprocal() -> None:
     a, b = G["desc11"].reshape(-1, 24), G["desc21"].reshape(-1, 24)
     i1, i2 = fast_reciprocal_nns(G["desc11"], G["desc21"])
