@@ -69,6 +69,9 @@ def main() -> None:
     ap.add_argument("--kinematic-mode", default="hclust-ward")
     ap.add_argument("--niter", type=int, nargs=2, default=[300, 300])
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch default)")
+    ap.add_argument(
+        "--align-threads", type=int, default=1, help="AlignConfig.threads: the compiled kernels' threads (default 1)"
+    )
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--source", default="cache", choices=["cache", "lazy"])
     ap.add_argument(
@@ -183,6 +186,7 @@ def main() -> None:
         pose_init=args.pose_init,
         kinematic_mode=args.kinematic_mode,
         loss_backend=args.backend,
+        threads=args.align_threads,
     )
     wall = time.perf_counter() - t0
     if tmp is not None:
@@ -219,6 +223,7 @@ def main() -> None:
         "pose_init": args.pose_init,
         "kinematic_mode": args.kinematic_mode,
         "threads": torch.get_num_threads(),
+        "align_threads": args.align_threads,
         "machine": f"{platform.machine()} {os.cpu_count()} cores",
     }
     if args.json:
