@@ -255,24 +255,30 @@ def _decode_pair(arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> dict[st
     return out
 
 
-def as_stored(pred: PairPrediction, storage: str) -> PairPrediction:
-    """``pred`` exactly as :func:`load_pair` returns it after :func:`save_pair` with ``storage``, so that a run
-    from the cache and the run that filled it align the same numbers."""
-    if check_storage(storage) == "float32":
+def _as_decoded(pred: PairPrediction, arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> PairPrediction:
+    """``pred`` with the fields of its encoded entry ``arrays, meta`` (what :func:`load_pair` will read)."""
+    if not meta:  # float32: stored as given
         return pred
-    arrays, meta = _encode_pair(pred, storage)
     fields = _decode_pair(arrays, meta)
     if fields is None:  # pragma: no cover - _encode_pair always writes a decodable entry
         raise CacheError("internal error: a compact pair entry does not decode")
     return dataclasses.replace(pred, **fields)
 
 
-def save_pair(store: ArrayStore, key: str, pred: PairPrediction, storage: str = "float32") -> None:
+def as_stored(pred: PairPrediction, storage: str) -> PairPrediction:
+    """``pred`` exactly as :func:`load_pair` returns it after :func:`save_pair` with ``storage``, so that a run
+    from the cache and the run that filled it align the same numbers."""
+    return _as_decoded(pred, *_encode_pair(pred, storage))
+
+
+def save_pair(store: ArrayStore, key: str, pred: PairPrediction, storage: str = "float32") -> PairPrediction:
     """Store ``pred`` under ``key`` in ``storage`` form (see :data:`STORAGE_CHOICES`; ``pred.i``/``pred.j`` are
-    not stored). ``float32`` is lossless; ``compact`` is what :func:`as_stored` returns."""
+    not stored). ``float32`` is lossless. Returns the prediction as stored (:func:`as_stored`), decoded from the
+    same encoding that was written."""
     arrays, extra = _encode_pair(pred, storage)
     score = None if pred.score is None else [float(pred.score[0]), float(pred.score[1]), int(pred.score[2])]
     store.put(key, arrays, {"kind": _PAIR_KIND, "score": score, **extra})
+    return _as_decoded(pred, arrays, extra)
 
 
 def load_pair(store: ArrayStore, key: str, i: int, j: int) -> PairPrediction | None:
@@ -301,6 +307,26 @@ def _preprocess_tag(im: LoadedImage) -> str:
     return f"size={im.size},resized={im.resized_size[0]}x{im.resized_size[1]},crop={','.join(map(str, im.crop_box))}"
 
 
+@dataclass(frozen=True)
+class PairKeys:
+    """What a pair entry's key depends on besides the two images: the checkpoint, the matching parameters and the
+    storage form. One per run; :meth:`key` names the entry of an ordered image pair."""
+
+    model_identity: str
+    subsample: int
+    desc_conf: str
+    storage: str = "float32"
+
+    def key(self, im_a: LoadedImage, im_b: LoadedImage) -> str:
+        """Cache key of the ordered pair (a, b): content hashes and preprocessing of both images, and this
+        object's fields (``float32`` entries keep the keys they had before the compact form existed)."""
+        preprocess = json.dumps([_preprocess_tag(im_a), _preprocess_tag(im_b)])
+        extra = f"subsample={int(self.subsample)},desc_conf={self.desc_conf}"
+        if check_storage(self.storage) != "float32":
+            extra += f",storage={self.storage}"
+        return pair_key(im_a.content_hash, im_b.content_hash, preprocess, self.model_identity, extra)
+
+
 def pair_cache_key(
     im_a: LoadedImage,
     im_b: LoadedImage,
@@ -309,33 +335,21 @@ def pair_cache_key(
     desc_conf: str,
     storage: str = "float32",
 ) -> str:
-    """Cache key of the ordered pair (a, b): content hashes, preprocessing, checkpoint, matching parameters and
-    storage form (``float32`` entries keep the keys they had before the compact form existed)."""
-    preprocess = json.dumps([_preprocess_tag(im_a), _preprocess_tag(im_b)])
-    extra = f"subsample={int(subsample)},desc_conf={desc_conf}"
-    if check_storage(storage) != "float32":
-        extra += f",storage={storage}"
-    return pair_key(im_a.content_hash, im_b.content_hash, preprocess, model_identity, extra)
+    """Cache key of the ordered pair (a, b) (:meth:`PairKeys.key`)."""
+    return PairKeys(model_identity, subsample, desc_conf, storage).key(im_a, im_b)
 
 
 def _cache_find(
-    store: ArrayStore,
-    images: Sequence[LoadedImage],
-    i: int,
-    j: int,
-    identity: str,
-    subsample: int,
-    desc_conf: str,
-    storage: str,
+    store: ArrayStore, images: Sequence[LoadedImage], i: int, j: int, keys: PairKeys
 ) -> tuple[str, bool, PairPrediction] | None:
     """The readable cache entry of (i, j) in either orientation: ``(key, swapped, prediction as stored)``
     (``swapped``: stored as (j, i)), or None."""
-    key = pair_cache_key(images[i], images[j], identity, subsample, desc_conf, storage)
+    key = keys.key(images[i], images[j])
     pred = load_pair(store, key, i, j)
     if pred is not None:
         return key, False, pred
     if i != j:
-        key = pair_cache_key(images[j], images[i], identity, subsample, desc_conf, storage)
+        key = keys.key(images[j], images[i])
         pred = load_pair(store, key, j, i)
         if pred is not None:
             return key, True, pred
@@ -343,17 +357,10 @@ def _cache_find(
 
 
 def _cache_lookup(
-    store: ArrayStore,
-    images: Sequence[LoadedImage],
-    i: int,
-    j: int,
-    identity: str,
-    subsample: int,
-    desc_conf: str,
-    storage: str,
+    store: ArrayStore, images: Sequence[LoadedImage], i: int, j: int, keys: PairKeys
 ) -> PairPrediction | None:
     """The cached prediction of (i, j), stored in either orientation."""
-    hit = _cache_find(store, images, i, j, identity, subsample, desc_conf, storage)
+    hit = _cache_find(store, images, i, j, keys)
     if hit is None:
         return None
     return hit[2].swapped() if hit[1] else hit[2]
@@ -403,6 +410,7 @@ __all__ = [
     "hash_bytes",
     "hash_file",
     "load_pair",
+    "PairKeys",
     "pair_cache_key",
     "pair_key",
     "save_pair",

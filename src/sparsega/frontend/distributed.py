@@ -189,7 +189,7 @@ def run_pairs_ray(
     """
     import torch
 
-    from .cache import CacheDir, check_storage
+    from .cache import CacheDir, PairKeys, check_storage
     from .inference import CACHE_NAMESPACE, DESC_CONF_CHOICES, _batches, _cache_lookup, _check_pairs
 
     ray = _import_ray()
@@ -235,9 +235,10 @@ def run_pairs_ray(
         except ray.exceptions.RayError as exc:
             raise _worker_error(exc, "starting the ray workers") from None
         store = CacheDir(cache_root, identity).store(CACHE_NAMESPACE)
+        keys = PairKeys(identity, subsample, desc_conf, storage)
 
         def lookup(i: int, j: int) -> PairPrediction | None:
-            return _cache_lookup(store, loaded, i, j, identity, subsample, desc_conf, storage)
+            return _cache_lookup(store, loaded, i, j, keys)
 
         done = {(i, j): lookup(i, j) for i, j in todo_all.tolist()}
         done = {ij: pred for ij, pred in done.items() if pred is not None}

@@ -32,6 +32,7 @@ from ..types import PairPrediction
 from .cache import (
     CacheDir,
     CachedPredictions,
+    PairKeys,
     _cache_find,
     _cache_lookup,
     as_stored,
@@ -311,7 +312,7 @@ def run_pairs(
     todo_all = _check_pairs(pairs, len(images))
     device = net.device
     amp = _autocast_ctx(autocast, device)
-    identity = net.identity
+    keys = PairKeys(net.identity, int(subsample), desc_conf, storage)
     store = cache.store(CACHE_NAMESPACE) if cache is not None else None
 
     results: dict[tuple[int, int], PairPrediction] = {}
@@ -319,11 +320,11 @@ def run_pairs(
     if store is not None:
         for i, j in todo_all.tolist():
             if stream:
-                hit = _cache_find(store, images, i, j, identity, subsample, desc_conf, storage)  # validate
+                hit = _cache_find(store, images, i, j, keys)  # read once to validate
                 if hit is not None:
                     found[(i, j)] = hit[:2]
                 continue
-            pred = _cache_lookup(store, images, i, j, identity, subsample, desc_conf, storage)
+            pred = _cache_lookup(store, images, i, j, keys)
             if pred is not None:
                 results[(i, j)] = pred
     have = found if stream else results
@@ -344,12 +345,13 @@ def run_pairs(
                 for (i, j), (r11, r21, r22, r12) in zip(batch, outs):
                     t0 = time.perf_counter()
                     pred = predict_pair(i, j, r11, r21, r22, r12, subsample=int(subsample), desc_conf=desc_conf)
-                    pred = as_stored(pred, storage)
                     match_s += time.perf_counter() - t0
-                    if store is not None:
-                        key = pair_cache_key(images[i], images[j], identity, subsample, desc_conf, storage)
-                        save_pair(store, key, pred, storage)
+                    if store is not None:  # encoded once: written, and the same encoding read back
+                        key = keys.key(images[i], images[j])
+                        pred = save_pair(store, key, pred, storage)
                         found[(i, j)] = (key, False)
+                    else:
+                        pred = as_stored(pred, storage)
                     if not stream:
                         results[(i, j)] = pred
                     bank.release(i, j)

@@ -76,15 +76,17 @@ class PairWorker:
         """Compute the batches not complete in the cache; returns counts and the keys written."""
         import torch
 
-        from .cache import CacheDir, as_stored, save_pair
-        from .inference import CACHE_NAMESPACE, _autocast_ctx, _decode_batch, _FeatureBank, pair_cache_key, predict_pair
+        from .cache import CacheDir, PairKeys, save_pair
+        from .inference import CACHE_NAMESPACE, _autocast_ctx, _decode_batch, _FeatureBank, predict_pair
 
         net = self.net
         identity = net.identity
         store = CacheDir(cache_root, identity).store(CACHE_NAMESPACE)
 
+        keys = PairKeys(identity, subsample, desc_conf, storage)
+
         def key(i: int, j: int) -> str:
-            return pair_cache_key(images[i], images[j], identity, subsample, desc_conf, storage)
+            return keys.key(images[i], images[j])
 
         def cached(i: int, j: int) -> bool:
             return store.has(key(i, j)) or store.has(key(j, i))
@@ -105,7 +107,7 @@ class PairWorker:
                     computed += 1
                     bank.release(i, j)
                     if not cached(i, j):  # a batch cut by a crash: only its missing members are written
-                        save_pair(store, key(i, j), as_stored(pred, storage), storage)
+                        save_pair(store, key(i, j), pred, storage)
                         written.append(key(i, j))
                         self._saved(key(i, j))
         return {
