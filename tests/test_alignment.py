@@ -224,3 +224,55 @@ def test_pose_init_recovers_exact_relative_poses(pose_init):
     assert ang.max() < 0.5, ang
     scale = np.linalg.norm(C_true) / np.linalg.norm(C)
     assert np.abs(C * scale - C_true).max() < 0.02 * np.abs(C_true).max()
+
+
+def test_matched_pixels_equal_a_scan_per_image():
+    """The one-sort grouping of matched pixels (api.matched_pixels) against its plain twin: per image, the unique
+    (x, y) of every match side in that image, sorted by (y, x); mixed image sizes."""
+    from sparsega.alignment.api import matched_pixels
+    from sparsega.alignment.problem import build_problem
+
+    sc = sim.make_scene("orbit", n_views=5, height=64, width=96, seed=4, portrait_every=2)
+    preds = sim.simulate_predictions(sc, unique_pairs(make_pairs(5, "complete")), seed=4)
+    problem, _, _ = build_problem(preds, AlignConfig())
+    got = matched_pixels(problem)
+    img = problem.m_img.numpy().reshape(-1)
+    xy = problem.m_xy.numpy().reshape(-1, 2).astype(np.int64)
+    for k in range(problem.n_images):
+        mine = xy[img == k]
+        want = np.unique(mine[:, ::-1], axis=0)[:, ::-1]  # unique (y, x) rows, back to (x, y)
+        assert len(want) > 10
+        np.testing.assert_array_equal(got[k], want)
+        assert got[k].dtype == np.int64
+
+
+def test_each_pair_is_read_once_and_the_problem_does_not_depend_on_it(monkeypatch):
+    """build_problem reads a pair once (its second image's maps are kept until that image is fused); with no
+    budget to keep them it reads each pair twice, and the problem is bit-identical either way."""
+    import sparsega.alignment.problem as problem_mod
+    from sparsega.alignment.problem import build_problem
+
+    sc = sim.make_scene("walk", n_views=6, height=64, width=96, seed=2)
+    preds = sim.simulate_predictions(sc, unique_pairs(make_pairs(6, "swin-2")), seed=2)
+
+    class Counting(list):
+        reads = 0
+
+        def __getitem__(self, k):
+            Counting.reads += 1
+            return list.__getitem__(self, k)
+
+        def pair_header(self, k):
+            return list.__getitem__(self, k)
+
+    def build():
+        Counting.reads = 0
+        prob, _, stats = build_problem(Counting(preds), AlignConfig())
+        return prob, Counting.reads - stats["n_fallback_pairs"]  # a fallback pair is read once more for its targets
+
+    kept, reads_kept = build()
+    monkeypatch.setattr(problem_mod, "STASH_BYTES", 0)
+    again, reads_again = build()
+    assert (reads_kept, reads_again) == (len(preds), 2 * len(preds))
+    for name in ("core_depth", "m_anchor", "m_off", "base_focals", "init_R", "init_C", "init_log_sizes"):
+        assert torch.equal(getattr(kept, name), getattr(again, name)), name

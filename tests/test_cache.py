@@ -22,6 +22,7 @@ from sparsega.frontend.cache import (
     FORMAT_VERSION,
     ArrayStore,
     CacheDir,
+    CachedPredictions,
     as_stored,
     check_storage,
     hash_array,
@@ -543,3 +544,28 @@ def test_concurrent_writers_processes(tmp_path: Path) -> None:
     arr, meta = store.get("same")  # type: ignore[misc]
     assert meta["w"] in (0, 1, 2) and (arr["x"] == meta["w"]).all()
     assert not list(store.dir.rglob("*.tmp"))
+
+
+@pytest.mark.parametrize("storage", ["float32", "compact"])
+def test_pair_header_reads_the_matches_without_the_maps(tmp_path: Path, storage: str) -> None:
+    """CachedPredictions.pair_header: the matches, shapes and score of the full load, in both orientations, from the
+    entry's header and match arrays alone; a damaged header is a CacheError naming the pair."""
+    store = ArrayStore(tmp_path, "pairs")
+    pred = dataclasses.replace(_pred(9), score=(1.5, 3.25, 9))
+    save_pair(store, "k", pred, storage)
+    seq = CachedPredictions(store, [(0, 1, "k", False), (1, 0, "k", True)])
+    for k in range(2):
+        full, head = seq[k], seq.pair_header(k)
+        assert (head.i, head.j, head.shape1, head.shape2) == (full.i, full.j, full.shape1, full.shape2)
+        for name in ("xy1", "xy2", "match_conf"):
+            np.testing.assert_array_equal(getattr(head, name), getattr(full, name))
+            assert getattr(head, name).dtype == getattr(full, name).dtype
+        assert head.score == full.score
+        head.validate()
+    path = store.path("k")
+    path.write_bytes(b"\x10" + path.read_bytes()[1:])  # header length now points past the header
+    with pytest.raises(CacheError, match=r"pair \(0, 1\).*unusable"):
+        seq.pair_header(0)
+    path.unlink()
+    with pytest.raises(CacheError, match="missing"):
+        seq.pair_header(0)

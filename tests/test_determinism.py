@@ -108,7 +108,7 @@ def test_kernels_do_not_depend_on_where_arrays_live():
             g_tab, g_ad = np.zeros((n, 17)), np.zeros(a)
             code = {1.5: 3, 0.5: 1}[gamma]
             loss = match.loss_and_grad_jit(table, ad, *al.layout.arrays, stage, code, gamma, gamma_offset(gamma),
-                                           g_tab, g_ad)  # fmt: skip
+                                           g_tab, g_ad, *al.layout.workspace())  # fmt: skip
             h.update(np.array([loss]).tobytes() + g_tab.tobytes() + g_ad.tobytes())
         g_tab, g_ad = np.zeros((n, 17)), np.zeros(a)
         loss = fallback.fallback_loss_and_grad(table, ad, *fb, 1.1, gamma_offset(1.1), 0.01, g_tab, g_ad)

@@ -222,10 +222,11 @@ class AlignConfig:
     fix_poses: bool | None = None
     pose_prior_weight: float = 10.0
     progress: bool = True
-    # threads of the compiled CPU kernels (0 = torch's count). 1 by default: the alignment's kernels are small
-    # parallel regions many times per second, and with a busy core a multi-threaded region waits for the
-    # descheduled thread (measured: benchmarks/README.md). Results are bit-identical for any value.
-    threads: int = 1
+    # threads of the compiled CPU match kernel; 0 = auto (sparsega.alignment.kernels.common.kernel_threads): one
+    # thread below PARALLEL_MIN_MATCHES trusted matches, where a parallel region lasts a few milliseconds and waits
+    # for a descheduled thread when another process takes a core (2.3x slower, measured: benchmarks/README.md),
+    # every available core above it. Results are bit-identical for any value.
+    threads: int = 0
 
     def __post_init__(self) -> None:
         def bad(name: str, why: str) -> ConfigError:
@@ -236,7 +237,7 @@ class AlignConfig:
             if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < 0:
                 raise bad(name, "must be an integer >= 0")
         if not isinstance(self.threads, (int, np.integer)) or isinstance(self.threads, bool) or self.threads < 0:
-            raise bad("threads", "must be an integer >= 0 (0 = as many as torch uses)")
+            raise bad("threads", "must be an integer >= 0 (0 = auto: by problem size)")
         if not isinstance(self.subsample, (int, np.integer)) or self.subsample <= 0 or 16 % self.subsample:
             raise bad("subsample", "must be a positive integer dividing 16 (1, 2, 4, 8 or 16)")
         for name in ("lr1", "lr2", "lr1_procrustes"):

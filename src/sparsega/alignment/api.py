@@ -55,6 +55,26 @@ def densify(state: OptimState, problem: AlignProblem, cdata: list[CanonicalData]
     return depths
 
 
+def matched_pixels(problem: AlignProblem) -> list[np.ndarray]:
+    """Per image, the distinct matched pixels ``(M_i, 2)`` int64 (x, y), sorted by (y, x): one sort over all match
+    sides of all images (a scan per image would cost N times the match count)."""
+    n = problem.n_images
+    img = problem.m_img.cpu().numpy().reshape(-1)
+    xy = problem.m_xy.cpu().numpy().reshape(-1, 2).astype(np.int64)
+    wh = problem.imsizes.cpu().numpy().astype(np.int64)
+    area = wh[:, 0] * wh[:, 1]
+    base: np.ndarray = np.r_[0, np.cumsum(area)]  # image k's pixels are keys base[k] .. base[k + 1] - 1, row-major
+    keys = np.sort(base[img] + xy[:, 1] * wh[img, 0] + xy[:, 0])
+    keys = keys[np.r_[True, keys[1:] != keys[:-1]]] if len(keys) else keys  # unique (np.unique hashes: far slower)
+    bounds = np.searchsorted(keys, base)
+    out = []
+    for k in range(n):
+        local = keys[bounds[k] : bounds[k + 1]] - base[k]
+        w = int(wh[k, 0])
+        out.append(np.stack((local % w, local // w), 1).astype(np.int64))
+    return out
+
+
 @overload
 def align(
     predictions: Sequence[PairPrediction],
@@ -343,14 +363,7 @@ def _align(
     if len(paths) != n:
         raise InputError(f"{len(paths)} image paths given for {n} views")
 
-    m_img = problem.m_img.cpu().numpy()
-    m_xy = problem.m_xy.cpu().numpy().astype(np.int64)
-    sparse_xy = []
-    for k in range(n):
-        xy = m_xy[m_img == k]
-        w = int(problem.imsizes[k, 0])
-        key = np.unique(xy[:, 1] * w + xy[:, 0])  # sorted by (y, x), as np.unique(xy, axis=0) on (x, y) is not
-        sparse_xy.append(np.stack((key % w, key // w), 1).astype(np.int64))
+    sparse_xy = matched_pixels(problem)
 
     info = {
         "config": cfg.to_dict(),

@@ -36,7 +36,7 @@ from scipy.spatial.transform import Rotation
 from ..devices import resolve_device
 from ..errors import ConfigError
 from ..types import AlignConfig
-from .kernels.common import KERNEL_GAMMAS, LOCK
+from .kernels.common import KERNEL_GAMMAS, LOCK, kernel_threads
 from .kernels.layout import CameraConsts, MatchLayout, build_layout, camera_table, kernel_match_loss
 from .losses import TwinLosses, compose_chain, gather, tree_levels
 from .problem import AlignProblem, OptimState, StageResult
@@ -89,6 +89,7 @@ class SparseAligner:
         if not ok[: self.n_ok].all():
             raise ValueError("AlignProblem matches must be sorted with trusted (m_ok) matches first")
         self.backend = resolve_backend(config)
+        self.threads = kernel_threads(config.threads, self.n_ok)  # of the compiled match kernel
         self._consts: tuple | None = None
         self._layout: MatchLayout | None = None
         self._np: dict[str, np.ndarray] | None = None  # float64 parameters of the compiled path
@@ -279,7 +280,7 @@ class SparseAligner:
         return bool(self.log_focals.requires_grad or self.pps.requires_grad)
 
     def _match_loss(self, table: Tensor, anchor_depth: Tensor, stage: int, gamma: float) -> Tensor:
-        return kernel_match_loss(table, anchor_depth, self.layout, stage, gamma, self._intr_grad(), self.cfg.threads)
+        return kernel_match_loss(table, anchor_depth, self.layout, stage, gamma, self._intr_grad(), self.threads)
 
     def loss_3d(self, table: Tensor, anchor_depth: Tensor, gamma: float) -> Tensor:
         """Confidence-weighted robust (gamma) distance between the two 3D points of each trusted match."""

@@ -142,6 +142,33 @@ class CanonicalData:
     core_depth: np.ndarray
 
 
+# bytes of maps kept between the fusions of a pair's two images (_LaterMaps): a window graph in index order needs a
+# few pairs' worth; long-range pairs beyond the budget are read again when their second image is fused
+STASH_BYTES = 512 << 20
+
+
+class _LaterMaps:
+    """A pair's second-image maps ``(pts, conf)``, kept from the moment the pair is read for its first image until
+    its second image is fused, up to ``budget`` bytes (beyond it, nothing is kept and the pair is read again)."""
+
+    def __init__(self, budget: int) -> None:
+        self.budget = budget
+        self.used = 0
+        self.maps: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+
+    def put(self, key: int, pts: np.ndarray, conf: np.ndarray) -> None:
+        size = int(np.asarray(pts).nbytes + np.asarray(conf).nbytes)
+        if self.used + size <= self.budget:
+            self.maps[key] = (pts, conf)
+            self.used += size
+
+    def pop(self, key: int) -> tuple[np.ndarray, np.ndarray] | None:
+        got = self.maps.pop(key, None)
+        if got is not None:
+            self.used -= int(np.asarray(got[0]).nbytes + np.asarray(got[1]).nbytes)
+        return got
+
+
 def _anchor_pixels(h: int, w: int, s: int) -> np.ndarray:
     ys, xs = np.mgrid[s // 2 : h : s, s // 2 : w : s]
     return np.stack((xs.ravel(), ys.ravel()), -1).astype(np.int64)
@@ -228,18 +255,26 @@ def build_problem(
     warm = config.pose_init != "identity" and n > 1
     sims: dict[int, Any] = {}
     sigmas: dict[tuple[int, int], float] = {}
+    later = _LaterMaps(STASH_BYTES)
     for k in range(n):
         maps, cfs, own_z = [], [], []
         for pk, which in own[k]:
-            p = preds[pk]
+            # pair (i, j), i < j, is read when image i is fused; image j's maps are kept for it (within a budget)
+            # so that a cached pair is usually read and decoded once
+            got = later.pop(pk) if which == "22" else None
+            if got is None:
+                p = preds[pk]
+                if which == "11" and meta[pk].j != k:
+                    later.put(pk, p.pts22, p.conf22)
+                if warm and which == "11":  # both directions: the pose start may use either
+                    sims[pk] = (pair_similarity(p), pair_similarity(p.swapped()) if p.i != p.j else None)
+                got = (p.pts11, p.conf11) if which == "11" else (p.pts22, p.conf22)
+                del p
+            pts, cf = got
             if warm:
-                if which == "11":
-                    sims[pk] = pair_similarity(p)
-                own_z.append(anchor_z(p.pts11 if which == "11" else p.pts22, s))
-            pts, cf = (p.pts11, p.conf11) if which == "11" else (p.pts22, p.conf22)
-            pts, cf = sanitize_pointmap(
-                np.asarray(pts, np.float32), np.asarray(cf, np.float32), True, f"pair ({p.i}, {p.j}) pts{which}"
-            )
+                own_z.append(anchor_z(pts, s))
+            what = f"pair ({meta[pk].i}, {meta[pk].j}) pts{which}"
+            pts, cf = sanitize_pointmap(np.asarray(pts, np.float32), np.asarray(cf, np.float32), True, what)
             maps.append(pts)
             cfs.append(cf)
         canon, canon2_np, cconf, focal = _fuse(np.stack(maps), np.stack(cfs), s, config)
@@ -317,7 +352,11 @@ def build_problem(
 
     init = None
     if warm:
-        known = {(m.i, m.j): (sims[k], sigmas[k, m.i], sigmas[k, m.j]) for k, m in enumerate(meta) if m.i != m.j}
+        known = {}
+        for k, m in enumerate(meta):
+            if m.i != m.j:
+                known[m.i, m.j] = (sims[k][0], sigmas[k, m.i], sigmas[k, m.j])
+                known[m.j, m.i] = (sims[k][1], sigmas[k, m.j], sigmas[k, m.i])
         poses = PairwisePoses(preds, cdata, s, known=known)
         if config.pose_init == "procrustes":
             init = chain_pairwise_poses(preds, n, root, edges, cdata, s, poses=poses)

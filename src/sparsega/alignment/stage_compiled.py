@@ -73,6 +73,7 @@ def run_stage_compiled(
     consts = al._camera_consts()
     c_arrs = (*consts.arrays(), consts.anchor_ptr)
     lay_arrs = al.layout.arrays if al.n_ok else None
+    scratch = al.layout.workspace() if al.n_ok else ()  # one per stage: reused by every iteration
     fb = fallback_blocks(p)
     fb_sum = float(fb[3][6].sum())
     fb_w = cfg.fallback_weight / fb_sum if (cfg.fallback_weight and fb_sum > 0) else 0.0
@@ -108,7 +109,7 @@ def run_stage_compiled(
     snap = {k: P[k].copy() for k in names}
     try:
         with LOCK:
-            set_threads(cfg.threads)
+            set_threads(al.threads)
             for it in range(niter if names else 0):
                 lr = schedule(it / niter, lr_base, cfg.lr_end)
                 compiled_forward(P, consts, table, ad)
@@ -116,7 +117,9 @@ def run_stage_compiled(
                 g_ad[:] = 0.0
                 loss = 0.0
                 if lay_arrs is not None:
-                    tot = match.loss_and_grad_jit(table, ad, *lay_arrs, stage, gcode, float(gamma), off, g_tab, g_ad)
+                    tot = match.loss_and_grad_jit(
+                        table, ad, *lay_arrs, stage, gcode, float(gamma), off, g_tab, g_ad, *scratch
+                    )
                     loss = (tot - m_const) / m_norm
                     g_tab *= 1.0 / m_norm
                     g_ad *= 1.0 / m_norm

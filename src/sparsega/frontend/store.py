@@ -179,6 +179,41 @@ class ArrayStore:
             return None
         return result
 
+    def peek(
+        self, key: str, names: tuple[str, ...]
+    ) -> tuple[dict[str, np.ndarray], dict[str, tuple[int, ...]], dict[str, Any]]:
+        """Arrays ``names`` of entry ``key``, the shapes of all its arrays and its meta, reading only the file's
+        header and those arrays' bytes (an index of a large entry without loading it). Not checksum-verified:
+        :meth:`get` verifies the whole entry when it is used. :class:`~sparsega.errors.CacheError` if the entry is
+        absent or its header is unreadable."""
+        path = self.path(key)
+        try:
+            with open(path, "rb") as f:
+                size = os.fstat(f.fileno()).st_size
+                head = _read_header(f, size)
+                if isinstance(head, str):
+                    raise CacheError(f"cache entry {path} is unusable ({head})")
+                header, meta, base = head
+                arrays: dict[str, np.ndarray] = {}
+                for name in names:
+                    info = header.get(name)
+                    if not isinstance(info, dict) or info.get("dtype") not in _ST_DTYPES:
+                        raise CacheError(f"cache entry {path} has no readable array {name!r}")
+                    begin, end = (int(v) for v in info["data_offsets"])
+                    dtype = np.dtype(_ST_DTYPES[info["dtype"]])
+                    shape = tuple(int(v) for v in info["shape"])
+                    nbytes = dtype.itemsize * int(np.prod(shape))
+                    if not 0 <= begin <= end or base + end > size or end - begin != nbytes:
+                        raise CacheError(f"cache entry {path}: array {name!r} lies outside the file")
+                    f.seek(base + begin)
+                    arrays[name] = np.frombuffer(f.read(end - begin), dtype=dtype).reshape(shape)
+        except FileNotFoundError:
+            raise CacheError(f"cache entry {path} is missing") from None
+        except OSError as exc:
+            raise CacheError(f"cache entry {path} cannot be read ({exc})") from exc
+        shapes = {k: tuple(int(v) for v in info["shape"]) for k, info in header.items() if isinstance(info, dict)}
+        return arrays, shapes, meta
+
     def _discard(self, path: Path, stat: os.stat_result, why: str) -> None:
         """Warn about and delete a bad entry, unless another writer has replaced it since we read it."""
         logger.warning("cache entry %s is unusable (%s): deleting it, it will be recomputed", path, why)
@@ -214,6 +249,40 @@ class ArrayStore:
         if removed:
             logger.info("removed %d stale temporary file(s) from %s", removed, self.dir)
         return removed
+
+
+# safetensors dtype names -> numpy (the kinds ArrayStore.put accepts)
+_ST_DTYPES = {
+    "BOOL": "?", "U8": "u1", "I8": "i1", "U16": "<u2", "I16": "<i2", "F16": "<f2", "U32": "<u4", "I32": "<i4",
+    "F32": "<f4", "U64": "<u8", "I64": "<i8", "F64": "<f8",
+}  # fmt: skip
+
+
+def _read_header(f: Any, size: int) -> tuple[dict[str, Any], dict[str, Any], int] | str:
+    """The parsed safetensors header of open file ``f`` (``size`` bytes): ``(tensor table, meta, data offset)``,
+    or a string saying what is wrong."""
+    first = f.read(8)
+    if len(first) < 8:
+        return f"{len(first)} bytes, too short"
+    n = int.from_bytes(first, "little")
+    if n <= 0 or 8 + n > size:
+        return "not a safetensors file (bad header length)"
+    try:
+        header = json.loads(f.read(n).decode("utf-8"))
+    except (UnicodeDecodeError, ValueError):
+        return "not a safetensors file (unreadable header)"
+    head_meta = header.pop("__metadata__", None) if isinstance(header, dict) else None
+    if not isinstance(head_meta, dict) or _META_KEY not in head_meta:
+        return "not a sparsega cache entry (no meta)"
+    if head_meta.get(_VERSION_KEY) != str(FORMAT_VERSION):
+        return f"unknown entry format version {head_meta.get(_VERSION_KEY)!r}"
+    try:
+        meta = json.loads(head_meta[_META_KEY])
+    except ValueError:
+        return "unreadable meta"
+    if not isinstance(meta, dict):
+        return "meta is not a mapping"
+    return header, meta, 8 + n
 
 
 def _decode_entry(data: bytes) -> tuple[dict[str, np.ndarray], dict[str, Any]] | str:

@@ -9,10 +9,10 @@ pixels to ``[PIX_MIN, PIX_MAX]``, with torch's clamp gradient (passed where ``lo
 from __future__ import annotations
 
 import math
+import os
 import threading
 
 import numba
-import torch
 
 SQ_MIN = 1e-30
 Z_MIN = 1e-3
@@ -34,10 +34,30 @@ def gamma_offset(gamma: float) -> float:
     return 0.0 if gamma == 1 else (1.0 / gamma) ** (1.0 / (gamma - 1.0))
 
 
+# trusted matches from which AlignConfig.threads=0 runs the match kernel on every core: there one iteration's
+# parallel region takes ~40 ms or more, so a thread descheduled by another process delays it by a small fraction
+PARALLEL_MIN_MATCHES = 1_000_000
+
+
+def available_cores() -> int:
+    """CPU cores this process may run on (its affinity mask where the OS has one)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # pragma: no cover - macOS, Windows
+        return max(1, os.cpu_count() or 1)
+
+
+def kernel_threads(threads: int, n_matches: int) -> int:
+    """Threads of the match kernel for ``AlignConfig.threads`` on a problem of ``n_matches`` trusted matches:
+    ``threads`` when > 0, else 1 below :data:`PARALLEL_MIN_MATCHES` and :func:`available_cores` from it."""
+    if threads > 0:
+        return int(threads)
+    return 1 if n_matches < PARALLEL_MIN_MATCHES else available_cores()
+
+
 def set_threads(threads: int) -> None:
-    """Numba threads for the kernels: ``threads`` (0 = as many as torch uses). Call under :data:`LOCK`."""
-    want = int(threads) or torch.get_num_threads()
-    want = max(1, min(want, numba.config.NUMBA_NUM_THREADS))
+    """Numba threads for the kernels: ``threads`` (>= 1; capped at numba's pool). Call under :data:`LOCK`."""
+    want = max(1, min(int(threads), numba.config.NUMBA_NUM_THREADS))
     if numba.get_num_threads() != want:
         numba.set_num_threads(want)
 

@@ -44,6 +44,10 @@ class MatchLayout:
     def n_chunks(self) -> int:
         return int(self.conf.shape[0])
 
+    def workspace(self) -> tuple[np.ndarray, np.ndarray]:
+        """Fresh scratch arrays of the match kernel for this layout (:func:`.match.workspace`)."""
+        return match.workspace(self.n_chunks, self.chunk)
+
     @functools.cached_property
     def arrays(self) -> tuple[np.ndarray, ...]:
         """``(img, x, y, off_m1, anchor, conf)`` as numpy arrays (zero-copy views of the CPU tensors, made once)."""
@@ -244,7 +248,9 @@ class _KernelMatchLoss(torch.autograd.Function):
         off = gamma_offset(gamma)
         with LOCK:
             set_threads(threads)
-            total = match.loss_and_grad_jit(tab, ad, *arrs, stage, KERNEL_GAMMAS[gamma], gamma, off, g_tab, g_ad)
+            total = match.loss_and_grad_jit(
+                tab, ad, *arrs, stage, KERNEL_GAMMAS[gamma], gamma, off, g_tab, g_ad, *lay.workspace()
+            )
         k = 1 if stage == 1 else 2
         norm = lay.conf_sum * k
         total -= k * off**gamma * lay.conf_sum  # the constant rho(0) of every match, as the fused loss does

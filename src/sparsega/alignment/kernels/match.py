@@ -127,6 +127,8 @@ def _loss_and_grad(
     off: float,
     g_tab: np.ndarray,
     g_ad: np.ndarray,
+    work: np.ndarray,
+    out: np.ndarray,
 ) -> float:
     """Sum over matches of ``conf * rho(r)`` with ``rho(r) = (r + off)^gamma`` (``off``: see
     :func:`gamma_offset`; stage 1: both ends' 3D distance; stage 2: reprojection
@@ -136,17 +138,19 @@ def _loss_and_grad(
     Per chunk, the relative pose and every gradient accumulator are local scalars, and the inner loops (one per
     stage) have no branch but selects and no scatter: they compile to SIMD code. The anchor gradients are
     buffered per match and scattered after the loop.
+
+    ``work (2, 2C, B)`` and ``out (C, 21)`` float64 are scratch space (:func:`workspace`), passed in so that the
+    hundreds of iterations of a stage reuse them instead of mapping and zero-filling fresh pages each time.
     """
     n_chunks, nb = conf.shape
     total = 0.0
-    gbuf = np.empty((2 * n_chunks, nb))
-    adg = np.empty((2 * n_chunks, nb))  # anchor depths gathered first: a gather in the loop prevents SIMD
+    gbuf = work[0]
+    adg = work[1]  # anchor depths gathered first: a gather in the loop prevents SIMD
     for c in numba.prange(2 * n_chunks):
         for b in range(nb):
             adg[c, b] = ad[anc[c, b]]
     # per-chunk results [loss, dR_ab (9), dt_ab (3), A: df dppx dppy dr15, B: same], reduced in chunk order after the
     # (parallel) loop: the result does not depend on the number of threads
-    out = np.empty((n_chunks, 21))
     for c in numba.prange(n_chunks):
         ia = img[c]
         ib = img[n_chunks + c]
@@ -300,6 +304,11 @@ def _loss_and_grad(
         for b in range(nb):
             g_ad[anc[c, b]] += gbuf[c, b]
     return total
+
+
+def workspace(n_chunks: int, chunk: int) -> tuple[np.ndarray, np.ndarray]:
+    """Scratch arrays ``work, out`` of :func:`_loss_and_grad` for a layout of ``n_chunks`` chunks of ``chunk``."""
+    return np.empty((2, 2 * n_chunks, chunk)), np.empty((n_chunks, 21))
 
 
 _side = numba.njit(cache=True, inline="always")(_side)
