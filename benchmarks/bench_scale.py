@@ -70,7 +70,10 @@ def main() -> None:
     ap.add_argument("--niter", type=int, nargs=2, default=[300, 300])
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch default)")
     ap.add_argument(
-        "--align-threads", type=int, default=1, help="AlignConfig.threads: the compiled kernels' threads (default 1)"
+        "--align-threads",
+        type=int,
+        default=0,
+        help="AlignConfig.threads: the match kernel's threads (default 0: auto, by problem size)",
     )
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--source", default="cache", choices=["cache", "lazy"])

@@ -236,6 +236,7 @@ def test_matched_pixels_equal_a_scan_per_image():
     preds = sim.simulate_predictions(sc, unique_pairs(make_pairs(5, "complete")), seed=4)
     problem, _, _ = build_problem(preds, AlignConfig())
     got = matched_pixels(problem)
+    assert all(np.array_equal(a, b) for a, b in zip(got, matched_pixels(problem, block=7)))  # blocks do not matter
     img = problem.m_img.numpy().reshape(-1)
     xy = problem.m_xy.numpy().reshape(-1, 2).astype(np.int64)
     for k in range(problem.n_images):

@@ -55,16 +55,21 @@ def densify(state: OptimState, problem: AlignProblem, cdata: list[CanonicalData]
     return depths
 
 
-def matched_pixels(problem: AlignProblem) -> list[np.ndarray]:
-    """Per image, the distinct matched pixels ``(M_i, 2)`` int64 (x, y), sorted by (y, x): one sort over all match
-    sides of all images (a scan per image would cost N times the match count)."""
+def matched_pixels(problem: AlignProblem, block: int = 1 << 22) -> list[np.ndarray]:
+    """Per image, the distinct matched pixels ``(M_i, 2)`` int64 (x, y), sorted by (y, x): one sort of a flat pixel
+    key over all match sides of all images (a scan per image would cost N times the match count), the keys
+    computed ``block`` sides at a time (no full-size temporaries besides the keys)."""
     n = problem.n_images
-    img = problem.m_img.cpu().numpy().reshape(-1)
-    xy = problem.m_xy.cpu().numpy().reshape(-1, 2).astype(np.int64)
+    img = problem.m_img.detach().cpu().reshape(-1)
+    xy = problem.m_xy.detach().cpu().reshape(-1, 2)
     wh = problem.imsizes.cpu().numpy().astype(np.int64)
-    area = wh[:, 0] * wh[:, 1]
-    base: np.ndarray = np.r_[0, np.cumsum(area)]  # image k's pixels are keys base[k] .. base[k + 1] - 1, row-major
-    keys = np.sort(base[img] + xy[:, 1] * wh[img, 0] + xy[:, 0])
+    base: np.ndarray = np.r_[0, np.cumsum(wh[:, 0] * wh[:, 1])]  # image k's keys: base[k] .. base[k + 1] - 1
+    keys = np.empty(img.shape[0], dtype=np.int64)
+    for start in range(0, len(keys), block):
+        i = img[start : start + block].numpy()
+        p = xy[start : start + block].numpy().astype(np.int64)
+        keys[start : start + block] = base[i] + p[:, 1] * wh[i, 0] + p[:, 0]
+    keys.sort()
     keys = keys[np.r_[True, keys[1:] != keys[:-1]]] if len(keys) else keys  # unique (np.unique hashes: far slower)
     bounds = np.searchsorted(keys, base)
     out = []
@@ -330,7 +335,10 @@ def _align(
     state = optimize(problem, cfg, setup)
     t_opt = time.perf_counter() - t0 - t_prep
 
+    # what the rest needs of the problem, then the problem itself released (a big scene's match arrays: GBs)
+    sparse_xy = matched_pixels(problem)
     depths = [d * np.float32(world_scale) for d in densify(state, problem, cdata, cfg.subsample)]
+    del problem, setup
     K = state.intrinsics.detach().cpu().numpy().astype(np.float32)
     cam2w_d = state.cam2w.detach().cpu().double().numpy()
     cam2w_d[:, :3, 3] *= world_scale
@@ -362,8 +370,6 @@ def _align(
     paths = list(image_paths) if image_paths is not None else [f"view_{k:03d}" for k in range(n)]
     if len(paths) != n:
         raise InputError(f"{len(paths)} image paths given for {n} views")
-
-    sparse_xy = matched_pixels(problem)
 
     info = {
         "config": cfg.to_dict(),

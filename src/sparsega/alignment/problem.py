@@ -216,7 +216,7 @@ def build_problem(
 
     # matches: both sides in flat arrays; self-pairs (single image) carry no cross-view constraint
     pair_ok = np.zeros(len(preds), dtype=bool)
-    sides_img, sides_xy, confs, pair_of = [], [], [], []
+    valids, confs = [], []
     for k, p in enumerate(meta):
         m = len(p.match_conf)
         conf = np.asarray(p.match_conf, dtype=np.float32)
@@ -226,16 +226,24 @@ def build_problem(
         if p.i == p.j:
             valid[:] = False
         pair_ok[k] = bool(valid.any()) and float(conf[valid].max()) > config.matching_conf_thr
-        sides_img.append(np.stack((np.full(valid.sum(), p.i), np.full(valid.sum(), p.j))))
-        sides_xy.append(np.stack((p.xy1[valid], p.xy2[valid])))
-        confs.append(conf[valid])
-        pair_of.append(np.full(valid.sum(), k))
-    m_pair = np.concatenate(pair_of).astype(np.int64)
-    order = np.argsort(~pair_ok[m_pair], kind="stable")  # trusted matches first (the losses use a slice)
-    m_pair = m_pair[order]
-    m_img = np.ascontiguousarray(np.concatenate(sides_img, axis=1).astype(np.int64)[:, order])
-    m_xy = np.ascontiguousarray(np.concatenate(sides_xy, axis=1).astype(np.int64)[:, order])
-    m_conf = np.concatenate(confs)[order]
+        valids.append(valid)
+        confs.append(conf)
+    # trusted pairs' matches first (the losses use a slice), pairs in input order, each pair's matches in its order;
+    # written straight into the final arrays (int32 pixels), no per-pair copies concatenated
+    pair_order = np.r_[np.flatnonzero(pair_ok), np.flatnonzero(~pair_ok)].astype(np.int64)
+    n_valid = np.array([v.sum() for v in valids], dtype=np.int64)
+    m_pair = np.repeat(pair_order, n_valid[pair_order])
+    m_xy = np.empty((2, len(m_pair), 2), dtype=np.int32)
+    m_conf = np.empty(len(m_pair), dtype=np.float32)
+    pos = 0
+    for k in pair_order:
+        v, end = valids[k], pos + int(n_valid[k])
+        m_xy[0, pos:end] = meta[k].xy1[v]
+        m_xy[1, pos:end] = meta[k].xy2[v]
+        m_conf[pos:end] = confs[k][v]
+        pos = end
+    del valids, confs
+    m_img = np.stack((np.array([p.i for p in meta], np.int64)[m_pair], np.array([p.j for p in meta], np.int64)[m_pair]))
     m_anchor = np.zeros(m_img.shape, dtype=np.int64)  # C order: filled through flat views below
     m_off = np.zeros(m_img.shape, dtype=np.float32)
     side_order = np.argsort(m_img.reshape(-1), kind="stable")  # match sides grouped by image

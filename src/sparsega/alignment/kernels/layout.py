@@ -23,9 +23,11 @@ class MatchLayout:
 
     Attributes:
         img: (2C,) int64 image of each chunk row (side 0 rows, then side 1 rows).
-        x, y: (2C, B) pixel coordinates of each match side (0 on padding).
+        x, y: (2C, B) pixel coordinates of each match side (0 on padding): int16 when they are integers below 2^15
+            (build_problem's: half the bytes of float32 for the largest arrays of a big scene), else as given.
         off_m1: (2C, B) canonical depth ratio minus one (0 on padding).
-        anchor: (2C, B) int64 global anchor index (a valid anchor of the row's image on padding).
+        anchor: (2C, B) global anchor index (a valid anchor of the row's image on padding): int32 (int64 beyond
+            2^31 anchors).
         conf: (C, B) match confidence, 0 on padding.
         conf_sum: sum of the confidences (Python float).
         chunk: B.
@@ -101,21 +103,26 @@ def build_layout(
     first = order[starts[chunk_seg]] if n_chunks else np.zeros(0, np.int64)  # a real match of each chunk
 
     def fill(values: Tensor, pad: Tensor) -> Tensor:
-        """(2, K) per-side values -> (2C, B), padding slots taking the per-chunk ``pad (2, C)``."""
+        """(2, K) per-side values -> (2C, B) of ``pad``'s dtype, padding slots taking the per-chunk ``pad (2, C)``."""
         out = pad.unsqueeze(-1).expand(2, n_chunks, b).reshape(2, n_chunks * b).clone()
-        out[:, pos] = values[:, order_t]
+        out[:, pos] = values[:, order_t].to(pad.dtype)
         return out.reshape(2 * n_chunks, b)
 
+    # integer pixels (build_problem's) in int16 when they fit, any others kept as given (exact either way)
+    integral = k == 0 or bool(((m_xy == m_xy.round()) & (m_xy.abs() < 2**15)).all())
+    xy_dtype = torch.int16 if integral else dt
+    anchor_dtype = torch.int32 if k == 0 or int(m_anchor.max()) < 2**31 - 1 else torch.int64
     first_t = torch.as_tensor(first, device=dev)
     zero = torch.zeros((2, n_chunks), device=dev, dtype=dt)
+    zero_xy = torch.zeros((2, n_chunks), device=dev, dtype=xy_dtype)
     conf = torch.zeros(n_chunks * b, device=dev, dtype=m_conf.dtype)
     conf[pos] = m_conf[order_t]
     return MatchLayout(
         img=torch.as_tensor(img[:, first].reshape(-1), device=dev),
-        x=fill(m_xy[..., 0], zero),
-        y=fill(m_xy[..., 1], zero),
+        x=fill(m_xy[..., 0], zero_xy),
+        y=fill(m_xy[..., 1], zero_xy),
         off_m1=fill(m_off - 1, zero),
-        anchor=fill(m_anchor, m_anchor[:, first_t]),
+        anchor=fill(m_anchor, m_anchor[:, first_t].to(anchor_dtype)),
         conf=conf.reshape(n_chunks, b),
         conf_sum=float(m_conf.sum()),
         chunk=b,
