@@ -411,3 +411,20 @@ def test_integer_pixels_take_the_compact_layout_with_the_same_numbers(stage):
     want = _grads(lambda t, d: kernel_match_loss(t, d, as_float, stage, 0.5), table, depth)
     for a, b in zip(got, want):
         assert torch.equal(a, b)
+
+
+def test_auto_threads_by_problem_size(monkeypatch):
+    """threads=0: one kernel thread below PARALLEL_MIN_MATCHES trusted matches, every available core from there;
+    an explicit count is kept; the aligner resolves it from its own problem."""
+    from sparsega.alignment.kernels import common
+
+    monkeypatch.setattr(common, "available_cores", lambda: 6)
+    lim = common.PARALLEL_MIN_MATCHES
+    assert [common.kernel_threads(0, m) for m in (0, lim - 1, lim, 10 * lim)] == [1, 1, 6, 6]
+    assert common.kernel_threads(3, 10) == 3 and common.kernel_threads(1, 10 * lim) == 1
+    assert common.available_cores() == 6
+    problem = _problem(torch.float32)
+    assert SparseAligner(problem, AlignConfig()).threads == 1  # a small problem
+    monkeypatch.setattr(common, "PARALLEL_MIN_MATCHES", 1)
+    assert SparseAligner(problem, AlignConfig()).threads == 6
+    assert SparseAligner(problem, AlignConfig(threads=2)).threads == 2

@@ -223,9 +223,9 @@ class AlignConfig:
     pose_prior_weight: float = 10.0
     progress: bool = True
     # threads of the compiled CPU match kernel; 0 = auto (sparsega.alignment.kernels.common.kernel_threads): one
-    # thread below PARALLEL_MIN_MATCHES trusted matches, where a parallel region lasts a few milliseconds and waits
-    # for a descheduled thread when another process takes a core (2.3x slower, measured: benchmarks/README.md),
-    # every available core above it. Results are bit-identical for any value.
+    # thread below PARALLEL_MIN_MATCHES trusted matches, where a parallel region is short and waits for a thread
+    # descheduled by another process (up to 2.3x slower, measured: benchmarks/README.md), every available core from
+    # it. Results are bit-identical for any value.
     threads: int = 0
 
     def __post_init__(self) -> None:

@@ -111,8 +111,8 @@ def add_align(p: argparse.ArgumentParser, scene_graph: bool = True) -> None:
         "--threads",
         type=int,
         metavar="N",
-        help="threads of the compiled alignment kernel (default 0: 1 for small problems, every core for large "
-        "ones); results do not depend on it",
+        help="threads of the compiled alignment kernel (default 0: 1 below 4 M matches, every core from there); "
+        "results do not depend on it",
     )
     g.add_argument("--shared-intrinsics", action="store_true", default=None, help="one camera for all images")
     g.add_argument(

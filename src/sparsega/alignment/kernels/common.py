@@ -35,8 +35,10 @@ def gamma_offset(gamma: float) -> float:
 
 
 # trusted matches from which AlignConfig.threads=0 runs the match kernel on every core: there one iteration's
-# parallel region takes ~40 ms or more, so a thread descheduled by another process delays it by a small fraction
-PARALLEL_MIN_MATCHES = 1_000_000
+# parallel region takes ~150 ms or more, and a thread descheduled by another process delays it by a small fraction.
+# Measured beside one busy process (benchmarks/README.md, "Busy core"): 2 threads cost 1.07x of 1 thread's
+# optimisation time at 4.4 M matches (and save 1.5x on a quiet machine), but 1.42x at 1.1 M
+PARALLEL_MIN_MATCHES = 4_000_000
 
 
 def available_cores() -> int:
