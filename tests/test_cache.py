@@ -569,3 +569,26 @@ def test_pair_header_reads_the_matches_without_the_maps(tmp_path: Path, storage:
     path.unlink()
     with pytest.raises(CacheError, match="missing"):
         seq.pair_header(0)
+
+
+def test_align_from_cache_refuses_an_entry_whose_matches_were_damaged(tmp_path: Path) -> None:
+    """The pair index reads matches without the checksum (pair_header); the full read of every pair before the
+    optimisation verifies it, so damaged match bytes stop the alignment with a CacheError, never a wrong scene."""
+    from sparsega import align, sim
+
+    sc = sim.make_scene("orbit", n_views=3, height=64, width=96, seed=1)
+    preds = sim.simulate_predictions(sc, [(0, 1), (0, 2), (1, 2)], seed=1)
+    store = ArrayStore(tmp_path, "pairs")
+    for p in preds:
+        save_pair(store, f"p{p.i}{p.j}", p, "compact")
+    seq = CachedPredictions(store, [(p.i, p.j, f"p{p.i}{p.j}", False) for p in preds])
+    assert align(seq, progress=False, niter1=5, niter2=5).n_images == 3
+    path = store.path("p12")
+    data = bytearray(path.read_bytes())
+    header_len = int.from_bytes(data[:8], "little")
+    begin = json.loads(data[8 : 8 + header_len])["xy1"]["data_offsets"][0]
+    data[8 + header_len + begin] ^= 0x01  # one bit of the first match's x
+    path.write_bytes(bytes(data))
+    assert seq.pair_header(2).xy1[0, 0] != preds[2].xy1[0, 0]  # the index sees the damaged value...
+    with pytest.raises(CacheError, match=r"pair \(1, 2\)"):  # ...and the alignment refuses it
+        align(seq, progress=False, niter1=5, niter2=5)
