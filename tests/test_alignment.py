@@ -250,7 +250,7 @@ def test_matched_pixels_equal_a_scan_per_image():
 def test_each_pair_is_read_once_and_the_problem_does_not_depend_on_it(monkeypatch):
     """build_problem reads a pair once (its second image's maps are kept until that image is fused); with no
     budget to keep them it reads each pair twice, and the problem is bit-identical either way."""
-    import sparsega.alignment.problem as problem_mod
+    import sparsega.alignment.reading as reading
     from sparsega.alignment.problem import build_problem
 
     sc = sim.make_scene("walk", n_views=6, height=64, width=96, seed=2)
@@ -272,8 +272,53 @@ def test_each_pair_is_read_once_and_the_problem_does_not_depend_on_it(monkeypatc
         return prob, Counting.reads - stats["n_fallback_pairs"]  # a fallback pair is read once more for its targets
 
     kept, reads_kept = build()
-    monkeypatch.setattr(problem_mod, "STASH_BYTES", 0)
+    monkeypatch.setattr(reading, "STASH_BYTES", 0)
     again, reads_again = build()
     assert (reads_kept, reads_again) == (len(preds), 2 * len(preds))
     for name in ("core_depth", "m_anchor", "m_off", "base_focals", "init_R", "init_C", "init_log_sizes"):
         assert torch.equal(getattr(kept, name), getattr(again, name)), name
+
+
+def test_read_ahead_gives_the_same_problem_and_passes_errors_on():
+    """A sequence with thread_safe_reads is read ahead on a background thread: bit-identical problem, every pair
+    still read once, and an error raised by a read reaches the caller (the reading thread is shut down)."""
+    import threading
+
+    from sparsega.alignment.problem import build_problem
+    from sparsega.errors import CacheError
+
+    sc = sim.make_scene("walk", n_views=7, height=64, width=96, seed=6)
+    preds = sim.simulate_predictions(sc, unique_pairs(make_pairs(7, "swin-2")), seed=6)
+
+    class Lazy(list):
+        thread_safe_reads = False
+        fail_at: int | None = None
+
+        def __init__(self, items):
+            super().__init__(items)
+            self.readers: list[str] = []
+
+        def __getitem__(self, k):
+            self.readers.append(threading.current_thread().name)
+            if k == self.fail_at:
+                raise CacheError(f"pair {k} is damaged")
+            return list.__getitem__(self, k)
+
+        def pair_header(self, k):
+            return list.__getitem__(self, k)
+
+    plain = Lazy(preds)
+    want, _, _ = build_problem(plain, AlignConfig())
+    ahead = Lazy(preds)
+    ahead.thread_safe_reads = True
+    got, _, _ = build_problem(ahead, AlignConfig())
+    assert len(ahead.readers) == len(plain.readers) == len(preds)
+    assert any(name.startswith("sparsega-read") for name in ahead.readers)
+    assert not any(name.startswith("sparsega-read") for name in plain.readers)
+    for name in ("core_depth", "m_anchor", "m_off", "base_focals", "init_R", "init_C", "init_log_sizes"):
+        assert torch.equal(getattr(got, name), getattr(want, name)), name
+    broken = Lazy(preds)
+    broken.thread_safe_reads, broken.fail_at = True, 5
+    with pytest.raises(CacheError, match="pair 5 is damaged"):
+        build_problem(broken, AlignConfig())
+    assert not any(t.name.startswith("sparsega-read") for t in threading.enumerate())

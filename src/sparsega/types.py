@@ -108,7 +108,9 @@ class PairPrediction:
         """A prediction with real matches but zero-stride placeholder pointmaps and confidences of the given
         ``(H, W)`` shapes, which cost no memory. Header protocol: a lazy sequence of predictions may offer
         ``pair_header(k)`` returning this for item ``k``, so that the alignment indexes the pairs without reading
-        their pointmaps (``sparsega.alignment.inputs.PairView``)."""
+        their pointmaps (``sparsega.alignment.inputs.PairView``). Such a sequence may also set
+        ``thread_safe_reads = True`` when items can be read from another thread: the alignment then reads the next
+        pairs on a background thread while it fuses (``sparsega.alignment.reading.ReadAhead``)."""
 
         def maps(shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
             h, w = shape

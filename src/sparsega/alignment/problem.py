@@ -19,7 +19,7 @@ import torch
 from ..devices import resolve_device
 from ..errors import InputError
 from ..types import AlignConfig, PairPrediction
-from . import canonical, kinematic
+from . import canonical, kinematic, reading
 from .inputs import PairView, sanitize_pointmap
 from .pose_init import (
     PairwisePoses,
@@ -29,6 +29,7 @@ from .pose_init import (
     depth_ratio,
     pair_similarity,
 )
+from .reading import LaterMaps, ReadAhead
 
 log = logging.getLogger(__name__)
 
@@ -142,33 +143,6 @@ class CanonicalData:
     core_depth: np.ndarray
 
 
-# bytes of maps kept between the fusions of a pair's two images (_LaterMaps): a window graph in index order needs a
-# few pairs' worth; long-range pairs beyond the budget are read again when their second image is fused
-STASH_BYTES = 512 << 20
-
-
-class _LaterMaps:
-    """A pair's second-image maps ``(pts, conf)``, kept from the moment the pair is read for its first image until
-    its second image is fused, up to ``budget`` bytes (beyond it, nothing is kept and the pair is read again)."""
-
-    def __init__(self, budget: int) -> None:
-        self.budget = budget
-        self.used = 0
-        self.maps: dict[int, tuple[np.ndarray, np.ndarray]] = {}
-
-    def put(self, key: int, pts: np.ndarray, conf: np.ndarray) -> None:
-        size = int(np.asarray(pts).nbytes + np.asarray(conf).nbytes)
-        if self.used + size <= self.budget:
-            self.maps[key] = (pts, conf)
-            self.used += size
-
-    def pop(self, key: int) -> tuple[np.ndarray, np.ndarray] | None:
-        got = self.maps.pop(key, None)
-        if got is not None:
-            self.used -= int(np.asarray(got[0]).nbytes + np.asarray(got[1]).nbytes)
-        return got
-
-
 def _anchor_pixels(h: int, w: int, s: int) -> np.ndarray:
     ys, xs = np.mgrid[s // 2 : h : s, s // 2 : w : s]
     return np.stack((xs.ravel(), ys.ravel()), -1).astype(np.int64)
@@ -263,45 +237,52 @@ def build_problem(
     warm = config.pose_init != "identity" and n > 1
     sims: dict[int, Any] = {}
     sigmas: dict[tuple[int, int], float] = {}
-    later = _LaterMaps(STASH_BYTES)
-    for k in range(n):
-        maps, cfs, own_z = [], [], []
-        for pk, which in own[k]:
-            # pair (i, j), i < j, is read when image i is fused; image j's maps are kept for it (within a budget)
-            # so that a cached pair is usually read and decoded once
-            got = later.pop(pk) if which == "22" else None
-            if got is None:
-                p = preds[pk]
-                if which == "11" and meta[pk].j != k:
-                    later.put(pk, p.pts22, p.conf22)
-                if warm and which == "11":  # both directions: the pose start may use either
-                    sims[pk] = (pair_similarity(p), pair_similarity(p.swapped()) if p.i != p.j else None)
-                got = (p.pts11, p.conf11) if which == "11" else (p.pts22, p.conf22)
-                del p
-            pts, cf = got
-            if warm:
-                own_z.append(anchor_z(pts, s))
-            what = f"pair ({meta[pk].i}, {meta[pk].j}) pts{which}"
-            pts, cf = sanitize_pointmap(np.asarray(pts, np.float32), np.asarray(cf, np.float32), True, what)
-            maps.append(pts)
-            cfs.append(cf)
-        canon, canon2_np, cconf, focal = _fuse(np.stack(maps), np.stack(cfs), s, config)
-        del maps, cfs
-        if not np.isfinite(canon2_np).all():
-            raise InputError(f"image {k}: canonical view is not finite")
-        core = canon[s // 2 :: s, s // 2 :: s, 2].reshape(-1).astype(np.float32)
-        core = np.maximum(core, np.float32(1e-6 * max(np.median(core), 1e-12)))
-        cdata.append(CanonicalData(canon2_np, cconf, focal, core))
-        for (pk, _), z in zip(own[k], own_z):
-            sigmas[pk, k] = depth_ratio(core, z)
-        base_focals[k] = focal
-        mean_confs[k] = float(torch.from_numpy(cconf).mean())
-        sel = side_order[side_ptr[k] : side_ptr[k + 1]]  # flat (side * M + match) positions of image k
-        if len(sel):
-            canon2 = torch.from_numpy(canon2_np)
-            idx, off = canonical.anchor_depth_offsets(canon2, torch.from_numpy(m_xy_flat[sel]), subsample=s)
-            m_anchor.reshape(-1)[sel] = idx.numpy() + anchor_base[k]
-            m_off.reshape(-1)[sel] = off.numpy()
+    later = LaterMaps(reading.STASH_BYTES)
+    first_reads = [pk for k in range(n) for pk, which in own[k] if which == "11"]  # in the order they are used
+    ahead = bool(getattr(predictions, "thread_safe_reads", False)) and len(first_reads) > 1
+    reader: Any = ReadAhead(preds, first_reads) if ahead else preds
+    try:
+        for k in range(n):
+            maps, cfs, own_z = [], [], []
+            for pk, which in own[k]:
+                # pair (i, j), i < j, is read when image i is fused; image j's maps are kept for it (within a
+                # budget) so that a cached pair is usually read and decoded once
+                got = later.pop(pk) if which == "22" else None
+                if got is None:
+                    p = reader[pk]
+                    if which == "11" and meta[pk].j != k:
+                        later.put(pk, p.pts22, p.conf22)
+                    if warm and which == "11":  # both directions: the pose start may use either
+                        sims[pk] = (pair_similarity(p), pair_similarity(p.swapped()) if p.i != p.j else None)
+                    got = (p.pts11, p.conf11) if which == "11" else (p.pts22, p.conf22)
+                    del p
+                pts, cf = got
+                if warm:
+                    own_z.append(anchor_z(pts, s))
+                what = f"pair ({meta[pk].i}, {meta[pk].j}) pts{which}"
+                pts, cf = sanitize_pointmap(np.asarray(pts, np.float32), np.asarray(cf, np.float32), True, what)
+                maps.append(pts)
+                cfs.append(cf)
+            canon, canon2_np, cconf, focal = _fuse(np.stack(maps), np.stack(cfs), s, config)
+            del maps, cfs
+            if not np.isfinite(canon2_np).all():
+                raise InputError(f"image {k}: canonical view is not finite")
+            core = canon[s // 2 :: s, s // 2 :: s, 2].reshape(-1).astype(np.float32)
+            core = np.maximum(core, np.float32(1e-6 * max(np.median(core), 1e-12)))
+            cdata.append(CanonicalData(canon2_np, cconf, focal, core))
+            for (pk, _), z in zip(own[k], own_z):
+                sigmas[pk, k] = depth_ratio(core, z)
+            base_focals[k] = focal
+            mean_confs[k] = float(torch.from_numpy(cconf).mean())
+            sel = side_order[side_ptr[k] : side_ptr[k + 1]]  # flat (side * M + match) positions of image k
+            if len(sel):
+                canon2 = torch.from_numpy(canon2_np)
+                idx, off = canonical.anchor_depth_offsets(canon2, torch.from_numpy(m_xy_flat[sel]), subsample=s)
+                m_anchor.reshape(-1)[sel] = idx.numpy() + anchor_base[k]
+                m_off.reshape(-1)[sel] = off.numpy()
+    finally:
+        if ahead:
+            reader.close()
 
     # fallback targets at anchor resolution for pairs whose matching is not trusted
     fb_anchor, fb_ref, fb_target, fb_conf, fb_xy, fb_off = [], [], [], [], [], []

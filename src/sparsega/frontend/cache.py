@@ -257,7 +257,10 @@ class CachedPredictions(Sequence[PairPrediction]):
     """Pair predictions read from the on-disk cache on access: only the pair being used is in memory, so a
     thousand-view scene's full-resolution maps are streamed, never held together (``run_pairs(stream=True)``).
 
-    ``entries``: one ``(i, j, key, swapped)`` per pair (``swapped``: stored as (j, i))."""
+    ``entries``: one ``(i, j, key, swapped)`` per pair (``swapped``: stored as (j, i)). Reads share no state, so
+    the alignment may read ahead on a background thread (``thread_safe_reads``)."""
+
+    thread_safe_reads = True
 
     def __init__(self, store: ArrayStore, entries: Sequence[tuple[int, int, str, bool]]) -> None:
         self.store = store

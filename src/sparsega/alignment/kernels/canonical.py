@@ -170,8 +170,9 @@ def _weiszfeld_focal(pts: np.ndarray, ppx: float, ppy: float, niter: int) -> flo
 
 
 _atan = numba.njit(cache=True, inline="always", fastmath=FASTMATH)(_atan)
-fuse_view_jit = numba.njit(cache=True, fastmath=FASTMATH, error_model="numpy")(_fuse_view)
-weiszfeld_focal_jit = numba.njit(cache=True, fastmath=FASTMATH, error_model="numpy")(_weiszfeld_focal)
+# nogil: the alignment reads the next pairs on another thread meanwhile (alignment.reading.ReadAhead)
+fuse_view_jit = numba.njit(cache=True, fastmath=FASTMATH, error_model="numpy", nogil=True)(_fuse_view)
+weiszfeld_focal_jit = numba.njit(cache=True, fastmath=FASTMATH, error_model="numpy", nogil=True)(_weiszfeld_focal)
 
 
 def fuse_view(
