@@ -12,12 +12,13 @@ Layout: ``<root>/<namespace>/<key[:2]>/<key>.safetensors``. Content hashes of fi
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import logging
 import os
 import re
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -190,10 +191,13 @@ class ArrayStore:
         try:
             with open(path, "rb") as f:
                 size = os.fstat(f.fileno()).st_size
-                head = _read_header(f, size)
+                head = _read_header(f.read, size)
                 if isinstance(head, str):
                     raise CacheError(f"cache entry {path} is unusable ({head})")
-                header, meta, base = head
+                header, head_meta, base = head
+                meta = _parse_meta(head_meta[_META_KEY])
+                if isinstance(meta, str):
+                    raise CacheError(f"cache entry {path} is unusable ({meta})")
                 arrays: dict[str, np.ndarray] = {}
                 for name in names:
                     info = header.get(name)
@@ -258,51 +262,45 @@ _ST_DTYPES = {
 }  # fmt: skip
 
 
-def _read_header(f: Any, size: int) -> tuple[dict[str, Any], dict[str, Any], int] | str:
-    """The parsed safetensors header of open file ``f`` (``size`` bytes): ``(tensor table, meta, data offset)``,
-    or a string saying what is wrong."""
-    first = f.read(8)
+def _read_header(read: Callable[[int], bytes], size: int) -> tuple[dict[str, Any], dict[str, Any], int] | str:
+    """The header of an entry of ``size`` bytes whose bytes ``read(n)`` returns in order (a file's or a buffer's):
+    ``(tensor table, sparsega metadata, data offset)``, or a string saying what is wrong. The one parser behind
+    :func:`_decode_entry` (whole entry, verified) and :meth:`ArrayStore.peek` (header and a few arrays)."""
+    first = read(8)
     if len(first) < 8:
         return f"{len(first)} bytes, too short"
     n = int.from_bytes(first, "little")
     if n <= 0 or 8 + n > size:
         return "not a safetensors file (bad header length)"
     try:
-        header = json.loads(f.read(n).decode("utf-8"))
+        header = json.loads(read(n).decode("utf-8"))
     except (UnicodeDecodeError, ValueError):
         return "not a safetensors file (unreadable header)"
     head_meta = header.pop("__metadata__", None) if isinstance(header, dict) else None
-    if not isinstance(head_meta, dict) or _META_KEY not in head_meta:
-        return "not a sparsega cache entry (no meta)"
+    if not isinstance(head_meta, dict) or _SHA_KEY not in head_meta or _META_KEY not in head_meta:
+        return "not a sparsega cache entry (no checksum)"
     if head_meta.get(_VERSION_KEY) != str(FORMAT_VERSION):
         return f"unknown entry format version {head_meta.get(_VERSION_KEY)!r}"
+    return header, head_meta, 8 + n
+
+
+def _parse_meta(meta_json: str) -> dict[str, Any] | str:
+    """The entry's meta dict from its JSON, or a string saying what is wrong."""
     try:
-        meta = json.loads(head_meta[_META_KEY])
+        meta = json.loads(meta_json)
     except ValueError:
         return "unreadable meta"
-    if not isinstance(meta, dict):
-        return "meta is not a mapping"
-    return header, meta, 8 + n
+    return meta if isinstance(meta, dict) else "meta is not a mapping"
 
 
 def _decode_entry(data: bytes) -> tuple[dict[str, np.ndarray], dict[str, Any]] | str:
     """Parse and verify one entry file; return ``(arrays, meta)`` or a string saying what is wrong."""
     import safetensors.numpy
 
-    if len(data) < 8:
-        return f"{len(data)} bytes, too short"
-    n = int.from_bytes(data[:8], "little")
-    if n <= 0 or 8 + n > len(data):
-        return "not a safetensors file (bad header length)"
-    try:
-        header = json.loads(data[8 : 8 + n].decode("utf-8"))
-    except (UnicodeDecodeError, ValueError):
-        return "not a safetensors file (unreadable header)"
-    head_meta = header.get("__metadata__") if isinstance(header, dict) else None
-    if not isinstance(head_meta, dict) or _SHA_KEY not in head_meta or _META_KEY not in head_meta:
-        return "not a sparsega cache entry (no checksum)"
-    if head_meta.get(_VERSION_KEY) != str(FORMAT_VERSION):
-        return f"unknown entry format version {head_meta.get(_VERSION_KEY)!r}"
+    head = _read_header(io.BytesIO(data).read, len(data))
+    if isinstance(head, str):
+        return head
+    head_meta = head[1]
     try:
         arrays = dict(safetensors.numpy.load(data))
     except Exception as exc:  # noqa: BLE001 - any parser failure means a damaged file
@@ -310,13 +308,8 @@ def _decode_entry(data: bytes) -> tuple[dict[str, np.ndarray], dict[str, Any]] |
     meta_json = head_meta[_META_KEY]
     if _content_digest(arrays, meta_json) != head_meta[_SHA_KEY]:
         return "checksum mismatch"
-    try:
-        meta = json.loads(meta_json)
-    except ValueError:
-        return "unreadable meta"
-    if not isinstance(meta, dict):
-        return "meta is not a mapping"
-    return arrays, meta
+    meta = _parse_meta(meta_json)
+    return meta if isinstance(meta, str) else (arrays, meta)
 
 
 def hash_bytes(data: bytes) -> str:
