@@ -30,13 +30,12 @@ from ..fsutil import TEMP_SUFFIX, atomic_write_bytes
 from ..types import PairPrediction
 from .images import LoadedImage
 from .pair_entry import (
-    _MATCH_FIELDS,
     CROSS_STEP,
-    PAIR_KIND,
     STORAGE_CHOICES,
     as_stored,
     check_storage,
     load_pair,
+    load_pair_header,
     save_pair,
 )
 from .store import (
@@ -285,22 +284,9 @@ class CachedPredictions(Sequence[PairPrediction]):
         loading and decoding every pointmap once more)."""
         i, j, key, swapped = self.entries[k]
         try:
-            arrays, shapes, meta = self.store.peek(key, _MATCH_FIELDS)
-            if meta.get("kind") != PAIR_KIND or "conf11" not in shapes or "conf22" not in shapes:
-                raise CacheError(f"cache entry {self.store.path(key)} is not a pair prediction")
+            head = load_pair_header(self.store, key, j, i) if swapped else load_pair_header(self.store, key, i, j)
         except CacheError as exc:
             raise CacheError(f"pair ({i}, {j}): {exc}: run again to recompute it") from None
-        score = meta.get("score")
-        head = PairPrediction.header(
-            j if swapped else i,
-            i if swapped else j,
-            shapes["conf11"][:2],
-            shapes["conf22"][:2],
-            arrays["xy1"],
-            arrays["xy2"],
-            arrays["match_conf"],
-            None if score is None else (float(score[0]), float(score[1]), int(score[2])),
-        )
         return head.swapped() if swapped else head
 
     @property
@@ -324,6 +310,7 @@ __all__ = [
     "hash_bytes",
     "hash_file",
     "load_pair",
+    "load_pair_header",
     "PairKeys",
     "pair_cache_key",
     "pair_key",

@@ -127,10 +127,21 @@ def load_pair(store: ArrayStore, key: str, i: int, j: int) -> PairPrediction | N
     if fields is None:
         logger.warning("cache entry %s is not a pair prediction; ignoring it", store.path(key))
         return None
+    return PairPrediction(i=int(i), j=int(j), **fields, score=_score(meta))
+
+
+def load_pair_header(store: ArrayStore, key: str, i: int, j: int) -> PairPrediction:
+    """The matches, map shapes and score of the pair stored under ``key``, as pair ``(i, j)``, read from the entry's
+    header and match arrays only (:meth:`PairPrediction.header`; not checksum-verified, :func:`load_pair` is).
+    :class:`~sparsega.errors.CacheError` if absent, unreadable or not a pair entry."""
+    arrays, shapes, meta = store.peek(key, _MATCH_FIELDS)
+    if meta.get("kind") != PAIR_KIND or "conf11" not in shapes or "conf22" not in shapes:
+        raise CacheError(f"cache entry {store.path(key)} is not a pair prediction")
+    shape1, shape2 = shapes["conf11"][:2], shapes["conf22"][:2]
+    return PairPrediction.header(i, j, shape1, shape2, arrays["xy1"], arrays["xy2"], arrays["match_conf"], _score(meta))
+
+
+def _score(meta: dict[str, Any]) -> tuple[float, float, int] | None:
+    """The pair score stored in an entry's meta (JSON turns the tuple into a list)."""
     score = meta.get("score")
-    return PairPrediction(
-        i=int(i),
-        j=int(j),
-        **fields,
-        score=None if score is None else (float(score[0]), float(score[1]), int(score[2])),
-    )
+    return None if score is None else (float(score[0]), float(score[1]), int(score[2]))
