@@ -17,8 +17,9 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import time
+
+from _report import run_scenes
 
 
 def _errors(scene, gt_cam2w, gt_focals, extent, new) -> dict:
@@ -105,20 +106,8 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
-    rows = []
-    for spec in args.scenes:
-        kind, n = spec.split(":")
-        for row in run_scene(kind, int(n), args):
-            rows.append(row)
-            if args.json:
-                print(json.dumps(row), flush=True)
-    if args.json:
-        return
     cols = ["scene", "run", "pairs", "ate_rel", "rot_err_med", "focal_err_med", "new_centre_err_rel", "new_rot_err_med"]
-    print("| " + " | ".join(cols) + " |")
-    print("|" + "---|" * len(cols))
-    for r in rows:
-        print("| " + " | ".join(str(r.get(c, "")) for c in cols) + " |")
+    run_scenes(args, run_scene, cols)
 
 
 if __name__ == "__main__":

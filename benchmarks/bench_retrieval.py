@@ -18,9 +18,10 @@ Not run by CI.
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import time
+
+from _report import run_scenes
 
 
 def _budget_k(similarity, n: int, budget: int, prefix: str) -> tuple[str, int]:
@@ -123,23 +124,10 @@ def main() -> None:
     args = ap.parse_args()
     import os
 
-    rows = []
-    for spec in args.scenes:
-        kind, n = spec.split(":")
-        for row in run_scene(kind, int(n), args):
-            row["machine"] = f"{platform.machine()} {os.cpu_count()} cores"
-            rows.append(row)
-            if args.json:
-                print(json.dumps(row), flush=True)
-    if args.json:
-        return
     cols = ["scene", "graph", "pairs", "covisible_pairs", "recall", "precision", "mean_overlap_of_chosen"]
     if not args.no_align:
         cols += ["rot_err_med", "ate_rel", "rra5", "focal_err_med", "align_s"]
-    print("| " + " | ".join(cols) + " |")
-    print("|" + "---|" * len(cols))
-    for r in rows:
-        print("| " + " | ".join(str(r.get(c, "")) for c in cols) + " |")
+    run_scenes(args, run_scene, cols, {"machine": f"{platform.machine()} {os.cpu_count()} cores"})
 
 
 if __name__ == "__main__":
